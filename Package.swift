@@ -1,0 +1,50 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Layers, each its own target (see README "Design"):
+//   MeshModel    pure value types: ports, CIDRs, marks, owners, tables, chains, rules (the IR)
+//   MeshConfig   Istio flags + env → typed CaptureConfig (strict, parse once)
+//   MeshPlanner  CaptureConfig → Plan (pure)
+//   MeshRender   Plan → iptables-restore text, nft script, JSON (pure)
+//   MeshSystem   the only place that asks the system (passwd/group, interfaces, files)
+//   meshinit     thin CLI on swift-argument-parser
+let package = Package(
+    name: "meshinit",
+    products: [
+        .executable(name: "meshinit", targets: ["meshinit"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        .target(name: "MeshModel"),
+        .target(name: "MeshConfig", dependencies: ["MeshModel"]),
+        .target(name: "MeshPlanner", dependencies: ["MeshModel", "MeshConfig"]),
+        .target(name: "MeshRender", dependencies: ["MeshModel"]),
+        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig"]),
+        .executableTarget(
+            name: "meshinit",
+            dependencies: [
+                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(
+            name: "MeshConfigTests",
+            dependencies: [
+                "MeshConfig", "MeshModel",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(name: "MeshPlannerTests", dependencies: ["MeshPlanner", "MeshConfig", "MeshModel"]),
+        .testTarget(
+            name: "MeshRenderTests",
+            dependencies: [
+                "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,213 @@
+/// An IP address family. Rules are planned once and rendered per family; there are no
+/// twin v4/v6 code paths.
+public enum Family: String, Sendable, Hashable, CaseIterable, Codable {
+    case ipv4
+    case ipv6
+
+    /// The nft payload keyword for this family (`ip` / `ip6`).
+    public var nftKeyword: String { self == .ipv4 ? "ip" : "ip6" }
+}
+
+/// A set of address families (which iptables families receive a rule).
+public struct FamilySet: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let ipv4 = FamilySet(rawValue: 1)
+    public static let ipv6 = FamilySet(rawValue: 2)
+    public static let both: FamilySet = [.ipv4, .ipv6]
+
+    public init(_ family: Family) { self = family == .ipv4 ? .ipv4 : .ipv6 }
+    public func contains(_ family: Family) -> Bool { contains(FamilySet(family)) }
+    public var families: [Family] { Family.allCases.filter { contains($0) } }
+}
+
+/// An IPv4 or IPv6 address, stored as its 128-bit value (IPv4 in the low 32 bits).
+public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
+    public let family: Family
+    /// High and low 64 bits (IPv4: `high == 0`, value in the low 32 bits of `low`).
+    public let high: UInt64
+    public let low: UInt64
+
+    public init(ipv4 value: UInt32) {
+        family = .ipv4
+        high = 0
+        low = UInt64(value)
+    }
+
+    public init(ipv6 high: UInt64, _ low: UInt64) {
+        family = .ipv6
+        self.high = high
+        self.low = low
+    }
+
+    /// Address length in bits (32 or 128).
+    public var bitWidth: Int { family == .ipv4 ? 32 : 128 }
+
+    /// Network-order bytes (4 or 16).
+    public var bytes: [UInt8] {
+        if family == .ipv4 {
+            let v = UInt32(truncatingIfNeeded: low)
+            return [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)]
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(16)
+        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(high >> UInt64(shift) & 0xff)) }
+        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(low >> UInt64(shift) & 0xff)) }
+        return out
+    }
+
+    /// True for 127.0.0.0/8 and ::1.
+    public var isLoopback: Bool {
+        family == .ipv4 ? (low >> 24) == 127 : (high == 0 && low == 1)
+    }
+
+    /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no brackets). Strict:
+    /// IPv4 needs exactly four decimal octets without leading zeros.
+    public init?(_ text: some StringProtocol) {
+        if text.contains(":") {
+            guard let v = Self.parseIPv6(Substring(text)) else { return nil }
+            self.init(ipv6: v.0, v.1)
+        } else {
+            guard let v = Self.parseIPv4(Substring(text)) else { return nil }
+            self.init(ipv4: v)
+        }
+    }
+
+    static func parseIPv4(_ text: Substring) -> UInt32? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for part in parts {
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
+                part.count == 1 || part.first != "0", let octet = UInt32(part), octet <= 255
+            else { return nil }
+            value = value << 8 | octet
+        }
+        return value
+    }
+
+    static func parseIPv6(_ text: Substring) -> (UInt64, UInt64)? {
+        let gaps = text.ranges(of: "::")
+        guard gaps.count <= 1 else { return nil }
+        func parseGroups(_ s: Substring, allowTrailingV4: Bool) -> [UInt16]? {
+            if s.isEmpty { return [] }
+            var out: [UInt16] = []
+            let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+            for (i, part) in parts.enumerated() {
+                if allowTrailingV4, i == parts.count - 1, part.contains(".") {
+                    guard let v4 = parseIPv4(part) else { return nil }
+                    out.append(UInt16(v4 >> 16))
+                    out.append(UInt16(v4 & 0xffff))
+                    continue
+                }
+                guard !part.isEmpty, part.count <= 4, part.allSatisfy(\.isHexDigit),
+                    let g = UInt16(part, radix: 16)
+                else { return nil }
+                out.append(g)
+            }
+            return out
+        }
+        let all: [UInt16]
+        if let gap = gaps.first {
+            guard let head = parseGroups(text[text.startIndex..<gap.lowerBound], allowTrailingV4: false),
+                let tail = parseGroups(text[gap.upperBound...], allowTrailingV4: true),
+                head.count + tail.count <= 7
+            else { return nil }
+            all = head + Array(repeating: 0, count: 8 - head.count - tail.count) + tail
+        } else {
+            guard let groups = parseGroups(text, allowTrailingV4: true), groups.count == 8 else { return nil }
+            all = groups
+        }
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for g in all[0..<4] { high = high << 16 | UInt64(g) }
+        for g in all[4..<8] { low = low << 16 | UInt64(g) }
+        return (high, low)
+    }
+
+    /// Canonical text: dotted quad, or RFC 5952 IPv6 (lower case, longest zero run as `::`).
+    public var description: String {
+        if family == .ipv4 {
+            return bytes.map(String.init).joined(separator: ".")
+        }
+        var groups: [UInt16] = []
+        for shift in stride(from: 48, through: 0, by: -16) { groups.append(UInt16(high >> UInt64(shift) & 0xffff)) }
+        for shift in stride(from: 48, through: 0, by: -16) { groups.append(UInt16(low >> UInt64(shift) & 0xffff)) }
+        var bestStart = -1
+        var bestLen = 0
+        var i = 0
+        while i < 8 {
+            if groups[i] == 0 {
+                var j = i
+                while j < 8 && groups[j] == 0 { j += 1 }
+                if j - i > bestLen {
+                    bestStart = i
+                    bestLen = j - i
+                }
+                i = j
+            } else {
+                i += 1
+            }
+        }
+        func hex(_ range: Range<Int>) -> String {
+            groups[range].map { String($0, radix: 16) }.joined(separator: ":")
+        }
+        if bestLen < 2 { return hex(0..<8) }
+        return hex(0..<bestStart) + "::" + hex((bestStart + bestLen)..<8)
+    }
+}
+
+/// An address prefix such as `10.0.0.0/8` or `2001:db8::/32`. The address is kept as
+/// written (Istio writes `127.0.0.1/8`); `network` gives the masked form.
+public struct CIDR: Sendable, Hashable, CustomStringConvertible {
+    public let address: IPAddress
+    public let prefixLength: Int
+
+    public init?(address: IPAddress, prefixLength: Int) {
+        guard prefixLength >= 0, prefixLength <= address.bitWidth else { return nil }
+        self.address = address
+        self.prefixLength = prefixLength
+    }
+
+    /// Parses `ADDR/LEN` strictly (Go's `netip.ParsePrefix` rules: the length is required,
+    /// decimal, without leading zeros, and at most the address width).
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let address = IPAddress(parts[0]),
+            !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
+            parts[1].count == 1 || parts[1].first != "0",
+            let length = Int(parts[1])
+        else { return nil }
+        self.init(address: address, prefixLength: length)
+    }
+
+    /// A single-host prefix (`/32` or `/128`).
+    public init(host address: IPAddress) {
+        self.address = address
+        self.prefixLength = address.bitWidth
+    }
+
+    public var family: Family { address.family }
+    public var description: String { "\(address)/\(prefixLength)" }
+
+    /// The prefix with host bits cleared (what the kernel stores).
+    public var network: IPAddress {
+        if address.family == .ipv4 {
+            let mask: UInt64 = prefixLength == 0 ? 0 : (0xffff_ffff << UInt64(32 - prefixLength)) & 0xffff_ffff
+            return IPAddress(ipv4: UInt32(address.low & mask))
+        }
+        func mask(_ n: Int) -> UInt64 { n <= 0 ? 0 : n >= 64 ? ~0 : ~0 << UInt64(64 - n) }
+        return IPAddress(ipv6: address.high & mask(prefixLength), address.low & mask(prefixLength - 64))
+    }
+
+    /// The netmask bytes (4 or 16), network order.
+    public var maskBytes: [UInt8] {
+        (0..<(address.bitWidth / 8)).map { i in
+            let remaining = prefixLength - i * 8
+            if remaining >= 8 { return 0xff }
+            if remaining <= 0 { return 0 }
+            return UInt8(0xff << (8 - remaining) & 0xff)
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import MeshModel
+
+/// Plan → `iptables-restore` payload for one family (pure).
+///
+/// Per table (alphabetical, tables without rules omitted): `*table`, a `:CHAIN - [0:0]`
+/// declaration for each of our chains in first-use order (which, with `--noflush`, also
+/// empties it: its contents are replaced atomically), the operations verbatim (`-A`, or
+/// `-I CHAIN N` where Istio inserts), then `COMMIT`.
+public enum IptablesRestore {
+    /// The payload for `family`; empty when that family gets no rules.
+    public static func render(_ plan: Plan, family: Family) -> String {
+        render(plan.operations(for: family))
+    }
+
+    /// The payload for a list of operations (all of one family).
+    public static func render(_ operations: [Operation]) -> String {
+        var out = ""
+        for table in Table.allCases {
+            let ops = operations.filter { $0.table == table }
+            guard !ops.isEmpty else { continue }
+            out += "*\(table.rawValue)\n"
+            for chain in ownChains(ops) {
+                out += ":\(chain.iptablesName) - [0:0]\n"
+            }
+            for op in ops {
+                out += line(op)
+                out += "\n"
+            }
+            out += "COMMIT\n"
+        }
+        return out
+    }
+
+    /// Our chains used by `operations` (as the chain written to, or as a jump target), in
+    /// first-use order.
+    public static func ownChains(_ operations: [Operation]) -> [OwnChain] {
+        var seen: [OwnChain] = []
+        for op in operations {
+            if case .own(let chain) = op.chain, !seen.contains(chain) { seen.append(chain) }
+            if case .jump(let target) = op.rule.target, !seen.contains(target) { seen.append(target) }
+        }
+        return seen
+    }
+
+    /// `-A CHAIN ARGS` or `-I CHAIN N ARGS`.
+    public static func line(_ op: Operation) -> String {
+        let head: String =
+            switch op.placement {
+            case .append: "-A \(op.chain.iptablesName)"
+            case .insert(let position): "-I \(op.chain.iptablesName) \(position)"
+            }
+        return ([head] + arguments(op.rule)).joined(separator: " ")
+    }
+
+    /// The rule's match and target arguments, as `iptables` takes them after the chain name.
+    /// Core fields first (`-i -o -s -d -p`), then port matches, then other extension matches
+    /// in plan order, then the target: the order `iptables-save` prints them back.
+    public static func arguments(_ rule: Rule) -> [String] {
+        var core: [String] = []
+        var ports: [String] = []
+        var extensions: [String] = []
+        var proto: L4Protocol?
+        func not(_ negated: Bool) -> [String] { negated ? ["!"] : [] }
+        for match in rule.matches {
+            switch match {
+            case .inInterface(let name): core += ["-i", name.name]
+            case .outInterface(let name): core += ["-o", name.name]
+            case .source(let cidr, let negated): core += not(negated) + ["-s", cidr.description]
+            case .destination(let cidr, let negated): core += not(negated) + ["-d", cidr.description]
+            case .l4proto(let p, let scope):
+                if scope == .all { proto = p }
+            case .destinationPorts(let p, let ranges, let negated):
+                proto = p
+                if ranges.count == 1 {
+                    ports += not(negated) + ["--dport", ranges[0].iptablesText]
+                } else {
+                    ports += ["-m", "multiport"] + not(negated) + ["--dports", ranges.map(\.iptablesText).joined(separator: ",")]
+                }
+            case .sourcePort(let p, let range):
+                proto = p
+                ports += ["--sport", range.iptablesText]
+            case .owner(let owner, let negated):
+                switch owner {
+                case .uid(let id): extensions += ["-m", "owner"] + not(negated) + ["--uid-owner", id.description]
+                case .gid(let id): extensions += ["-m", "owner"] + not(negated) + ["--gid-owner", id.description]
+                }
+            case .mark(let mark, let negated): extensions += ["-m", "mark"] + not(negated) + ["--mark", mark.description]
+            case .connmark(let mark): extensions += ["-m", "connmark", "--mark", mark.description]
+            case .conntrackState(let states):
+                extensions += ["-m", "conntrack", "--ctstate", states.map { $0.rawValue.uppercased() }.joined(separator: ",")]
+            }
+        }
+        if let proto { core += ["-p", proto.rawValue] }
+        return core + ports + extensions + target(rule.target)
+    }
+
+    static func target(_ target: Target) -> [String] {
+        switch target {
+        case .jump(let chain): ["-j", chain.iptablesName]
+        case .return: ["-j", "RETURN"]
+        case .accept: ["-j", "ACCEPT"]
+        case .drop: ["-j", "DROP"]
+        case .redirect(let port): ["-j", "REDIRECT", "--to-ports", port.description]
+        case .tproxy(let port, let mark):
+            ["-j", "TPROXY", "--tproxy-mark", "\(mark)/0xffffffff", "--on-port", port.description]
+        case .setMark(let mark): ["-j", "MARK", "--set-mark", mark.description]
+        case .saveMarkToConnmark: ["-j", "CONNMARK", "--save-mark"]
+        case .restoreMarkFromConnmark: ["-j", "CONNMARK", "--restore-mark"]
+        case .conntrackZone(let zone): ["-j", "CT", "--zone", String(zone)]
+        }
+    }
+}

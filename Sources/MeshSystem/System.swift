@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+import MeshConfig
+import MeshModel
+
+/// The live system, through libc (no Foundation): account databases, interface addresses,
+/// files and the environment.
+public struct LiveSystem: SystemLookup {
+    public init() {}
+
+    public func userID(named name: String) -> UInt32? {
+        var pwd = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let rc = getpwnam_r(name, &pwd, &buffer, buffer.count, &result)
+        guard rc == 0, result != nil else { return nil }
+        return pwd.pw_uid
+    }
+
+    public func groupID(named name: String) -> UInt32? {
+        var grp = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        let rc = getgrnam_r(name, &grp, &buffer, buffer.count, &result)
+        guard rc == 0, result != nil else { return nil }
+        return grp.gr_gid
+    }
+
+    /// Istio's guess (`EnableIPv6`): interface addresses, skipping loopback and link-local.
+    /// Go lists IPv4 addresses before IPv6 ones, and without `--dual-stack` the first usable
+    /// address decides; so IPv6 is on when there is a usable IPv6 address and no usable IPv4
+    /// one, or, with `--dual-stack`, when there is any usable IPv6 address.
+    public func detectIPv6(dualStack: Bool) -> Bool? {
+        let addresses = interfaceAddresses()
+        let usable = addresses.filter { !$0.address.isLoopback && !isLinkLocal($0.address) }
+        let hasV4 = usable.contains { $0.address.family == .ipv4 }
+        let hasV6 = usable.contains { $0.address.family == .ipv6 }
+        if !hasV4 && !hasV6 { return nil }
+        return dualStack ? hasV6 : (hasV6 && !hasV4)
+    }
+
+    public func loopbackHasIPv6() -> Bool {
+        interfaceAddresses().contains { $0.address.family == .ipv6 && $0.address.isLoopback }
+    }
+
+    public func readFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Addresses of all interfaces (name, address), in `getifaddrs` order.
+    public func interfaceAddresses() -> [(interface: String, address: IPAddress)] {
+        var head: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&head) == 0 else { return [] }
+        defer { freeifaddrs(head) }
+        var out: [(String, IPAddress)] = []
+        var cursor = head
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let sa = entry.pointee.ifa_addr else { continue }
+            let name = String(cString: entry.pointee.ifa_name)
+            switch Int32(sa.pointee.sa_family) {
+            case AF_INET:
+                let v = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
+                out.append((name, IPAddress(ipv4: UInt32(bigEndian: v))))
+            case AF_INET6:
+                let bytes = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                    withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) }
+                }
+                var high: UInt64 = 0
+                var low: UInt64 = 0
+                for b in bytes[0..<8] { high = high << 8 | UInt64(b) }
+                for b in bytes[8..<16] { low = low << 8 | UInt64(b) }
+                out.append((name, IPAddress(ipv6: high, low)))
+            default:
+                continue
+            }
+        }
+        return out
+    }
+
+    func isLinkLocal(_ address: IPAddress) -> Bool {
+        switch address.family {
+        case .ipv4: (address.low >> 16) == 0xa9fe  // 169.254/16
+        case .ipv6: (address.high >> 54) == 0x3fa  // fe80::/10
+        }
+    }
+}
+
+/// The process environment as a dictionary (from `environ`, no Foundation).
+public func processEnvironment() -> [String: String] {
+    var env: [String: String] = [:]
+    var cursor = environ
+    while let entry = cursor.pointee {
+        let text = String(cString: entry)
+        if let eq = text.firstIndex(of: "=") {
+            env[String(text[..<eq])] = String(text[text.index(after: eq)...])
+        }
+        cursor += 1
+    }
+    return env
+}
+
+/// Writes all of `text` to a file descriptor, retrying on EINTR and short writes.
+public func writeAll(_ text: String, to fd: Int32) {
+    var text = text
+    text.withUTF8 { buffer in
+        guard let base = buffer.baseAddress else { return }
+        var offset = 0
+        while offset < buffer.count {
+            let n = write(fd, base + offset, buffer.count - offset)
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                return
+            }
+            offset += n
+        }
+    }
+}
+
+/// Writes to standard error, unbuffered.
+public func writeStandardError(_ text: String) { writeAll(text, to: 2) }
+
+/// Writes to standard output, unbuffered.
+public func writeStandardOutput(_ text: String) { writeAll(text, to: 1) }

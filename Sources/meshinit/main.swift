@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import ArgumentParser
+import MeshConfig
+import MeshSystem
+
+let meshinitVersion = "0.1.0"
+
+/// Go's pflag accepts `--bool-flag=false` and `-p=15001`; swift-argument-parser does not.
+/// Rewrite those spellings before parsing (`--x=false` → `--no-x`), so Istio's callers work
+/// unchanged. A bad boolean is bad input, named.
+func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String] {
+    var out: [String] = []
+    var index = 0
+    while index < arguments.count {
+        let arg = arguments[index]
+        index += 1
+        if arg == "--" {
+            out += arguments[(index - 1)...]
+            break
+        }
+        if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+            let name = arg[arg.index(arg.startIndex, offsetBy: 2)..<eq]
+            if let flag = IstioFlag(long: name), flag.isBoolean {
+                let value = String(arg[arg.index(after: eq)...])
+                guard let bool = parseGoBool(value) else {
+                    throw CommandFailure(
+                        status: .usage,
+                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)").description)
+                }
+                out.append(bool ? "--\(name)" : "--no-\(name)")
+                continue
+            }
+            if IstioFlag(long: name) != nil {
+                // `--istio-inbound-ports=` (an empty value) is valid for pflag.
+                out += ["--\(name)", String(arg[arg.index(after: eq)...])]
+                continue
+            }
+        } else if arg.count > 2, arg.hasPrefix("-"), !arg.hasPrefix("--"),
+            arg[arg.index(arg.startIndex, offsetBy: 2)] == "=",
+            let short = arg.dropFirst().first, let flag = IstioFlag(short: short)
+        {
+            let value = String(arg.dropFirst(3))
+            if flag.isBoolean {
+                guard let bool = parseGoBool(value) else {
+                    throw CommandFailure(
+                        status: .usage,
+                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)").description)
+                }
+                out.append(bool ? "-\(short)" : "--no-\(flag.rawValue)")
+            } else {
+                out += ["-\(short)", value]
+            }
+            continue
+        }
+        out.append(arg)
+    }
+    return out
+}
+
+func runMain() -> Int32 {
+    let arguments = Array(CommandLine.arguments.dropFirst())
+    do {
+        var command = try Meshinit.parseAsRoot(try normalizeArguments(arguments))
+        try command.run()
+        return ExitStatus.ok.rawValue
+    } catch let failure as CommandFailure {
+        writeStandardError("meshinit: \(failure.message)\n")
+        return failure.status.rawValue
+    } catch {
+        let code = Meshinit.exitCode(for: error)
+        if code == .success {
+            writeStandardOutput(Meshinit.fullMessage(for: error) + "\n")
+            return 0
+        }
+        // Parse errors: one line, exit 64.
+        let message = Meshinit.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+        writeStandardError("meshinit: \(message)\n")
+        return code == .validationFailure ? ExitStatus.usage.rawValue : code.rawValue
+    }
+}
+
+exit(runMain())

@@ -7,6 +7,8 @@ import PackageDescription
 //   MeshPlanner  CaptureConfig → Plan (pure)
 //   MeshRender   Plan → iptables-restore text, nft script, JSON (pure)
 //   MeshSystem   the only place that asks the system (passwd/group, interfaces, files)
+//   CNftnl       system library: libnftnl + libmnl headers
+//   MeshNetlink  safe Swift layer over CNftnl: plan → netlink batch, send, dump
 //   meshinit     thin CLI on swift-argument-parser
 let package = Package(
     name: "meshinit",
@@ -23,6 +25,13 @@ let package = Package(
         .target(name: "MeshPlanner", dependencies: ["MeshModel", "MeshConfig"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
         .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig"]),
+        .systemLibrary(
+            name: "CNftnl",
+            path: "Sources/CNftnl",
+            pkgConfig: "libnftnl libmnl",
+            providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
+        ),
+        .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender"]),
         .executableTarget(
             name: "meshinit",
             dependencies: [
@@ -31,6 +40,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(
+            name: "MeshNetlinkTests",
+            dependencies: ["MeshNetlink", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender"]
+        ),
         .testTarget(
             name: "MeshConfigTests",
             dependencies: [

@@ -280,7 +280,8 @@ public struct ConfigResolver {
             let parts = item.split(separator: ":", omittingEmptySubsequences: false)
             let (scope, name) = parts.count == 2 ? (String(parts[0]), String(parts[1])) : ("default", String(item))
             guard parts.count <= 2, !scope.isEmpty, let parsed = LogLevel(rawValue: name) else {
-                throw ConfigError(source, text, "expected scope:level items, level one of debug, info, warn, error, fatal, none")
+                throw ConfigError(
+                    source, text, "expected scope:level items, level one of debug, info, warn, error, fatal, none")
             }
             if scope == "default" { level = parsed }
         }
@@ -407,7 +408,8 @@ public func parseGoDuration(_ text: String) -> Int64? {
 }
 
 /// `nameserver` lines of a resolv.conf, split by family (as Istio's DNS capture reads them).
-public func parseResolvConf(_ text: String, path: String) throws(ConfigError) -> (ipv4: [IPAddress], ipv6: [IPAddress]) {
+public func parseResolvConf(_ text: String, path: String) throws(ConfigError) -> (ipv4: [IPAddress], ipv6: [IPAddress])
+{
     var v4: [IPAddress] = []
     var v6: [IPAddress] = []
     for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {

@@ -90,7 +90,9 @@ private struct Builder {
         inbound()
         add(.nat, .builtin(.output), [], .jump(.output))
         outboundExcludePorts()
-        addVersioned(.nat, .own(.output)) { v in ([.outInterface(.loopback), .source(v.passthrough, negated: false)], .return) }
+        addVersioned(.nat, .own(.output)) { v in
+            ([.outInterface(.loopback), .source(v.passthrough, negated: false)], .return)
+        }
         proxyOwners()
         ownerGroups()
         dns()
@@ -275,7 +277,10 @@ private struct Builder {
                 for server in servers {
                     add(
                         .nat, .own(.outputDNS),
-                        [.destination(server, negated: false), .destinationPorts(proto, [Planner.dnsPort], negated: false)],
+                        [
+                            .destination(server, negated: false),
+                            .destinationPorts(proto, [Planner.dnsPort], negated: false),
+                        ],
                         toAgent)
                 }
             }
@@ -333,7 +338,10 @@ private struct Builder {
         for owner in c.proxyUIDs.map(Owner.uid) + c.proxyGIDs.map(Owner.gid) {
             addVersioned(.mangle, .builtin(.output)) { v in
                 (
-                    [.outInterface(.loopback), tcp, .destination(v.loopback, negated: true), .owner(owner, negated: false)],
+                    [
+                        .outInterface(.loopback), tcp, .destination(v.loopback, negated: true),
+                        .owner(owner, negated: false),
+                    ],
                     .setMark(Planner.outboundMark)
                 )
             }
@@ -344,7 +352,8 @@ private struct Builder {
             ([.inInterface(.loopback), tcp, .source(v.passthrough, negated: false)], .return)
         }
         add(
-            .mangle, .own(.inbound), [.inInterface(.loopback), tcp, .mark(Planner.outboundMark, negated: true)], .return,
+            .mangle, .own(.inbound), [.inInterface(.loopback), tcp, .mark(Planner.outboundMark, negated: true)],
+            .return,
             at: 3)
     }
 }

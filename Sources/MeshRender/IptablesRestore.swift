@@ -74,7 +74,10 @@ public enum IptablesRestore {
                 if ranges.count == 1 {
                     ports += not(negated) + ["--dport", ranges[0].iptablesText]
                 } else {
-                    ports += ["-m", "multiport"] + not(negated) + ["--dports", ranges.map(\.iptablesText).joined(separator: ",")]
+                    ports +=
+                        ["-m", "multiport"] + not(negated) + [
+                            "--dports", ranges.map(\.iptablesText).joined(separator: ","),
+                        ]
                 }
             case .sourcePort(let p, let range):
                 proto = p
@@ -84,10 +87,13 @@ public enum IptablesRestore {
                 case .uid(let id): extensions += ["-m", "owner"] + not(negated) + ["--uid-owner", id.description]
                 case .gid(let id): extensions += ["-m", "owner"] + not(negated) + ["--gid-owner", id.description]
                 }
-            case .mark(let mark, let negated): extensions += ["-m", "mark"] + not(negated) + ["--mark", mark.description]
+            case .mark(let mark, let negated):
+                extensions += ["-m", "mark"] + not(negated) + ["--mark", mark.description]
             case .connmark(let mark): extensions += ["-m", "connmark", "--mark", mark.description]
             case .conntrackState(let states):
-                extensions += ["-m", "conntrack", "--ctstate", states.map { $0.rawValue.uppercased() }.joined(separator: ",")]
+                extensions += [
+                    "-m", "conntrack", "--ctstate", states.map { $0.rawValue.uppercased() }.joined(separator: ","),
+                ]
             }
         }
         if let proto { core += ["-p", proto.rawValue] }

@@ -49,7 +49,10 @@ public enum PlanJSON {
             return .object([("l4proto", .string(p.rawValue))] + (scope == .nftOnly ? [("nftOnly", .bool(true))] : []))
         case .destinationPorts(let p, let ranges, let n):
             return .object(
-                [("destinationPorts", .array(ranges.map { .string($0.description) })), ("protocol", .string(p.rawValue))]
+                [
+                    ("destinationPorts", .array(ranges.map { .string($0.description) })),
+                    ("protocol", .string(p.rawValue)),
+                ]
                     + neg(n))
         case .sourcePort(let p, let r):
             return .object([("sourcePort", .string(r.description)), ("protocol", .string(p.rawValue))])

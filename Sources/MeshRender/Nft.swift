@@ -132,7 +132,9 @@ public enum NftLayout {
             // Jump targets must exist even if (never in Istio's plans) they hold no rule.
             for entry in inTable {
                 for rule in entry.rules {
-                    if case .jump(let target) = rule.target, !wanted.contains(.own(target)) { wanted.append(.own(target)) }
+                    if case .jump(let target) = rule.target, !wanted.contains(.own(target)) {
+                        wanted.append(.own(target))
+                    }
                 }
             }
             let order: [Chain] = Hook.allCases.map(Chain.builtin) + OwnChain.allCases.map(Chain.own)

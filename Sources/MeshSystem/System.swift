@@ -1,10 +1,11 @@
+import MeshConfig
+import MeshModel
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
     import Musl
 #endif
-import MeshConfig
-import MeshModel
 
 /// The live system, through libc (no Foundation): account databases, interface addresses,
 /// files and the environment.

@@ -119,7 +119,9 @@ struct PlanCommand: ParsableCommand {
             guard family == .all else {
                 throw CommandFailure(
                     status: .usage,
-                    message: "invalid value \"\(family.rawValue)\" for --family: only --format iptables-restore is per family")
+                    message:
+                        "invalid value \"\(family.rawValue)\" for --family: only --format iptables-restore is per family"
+                )
             }
             writeStandardOutput(format == .nft ? NftScript.render(plan) : PlanJSON.render(plan))
         }

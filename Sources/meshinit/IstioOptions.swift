@@ -71,7 +71,9 @@ struct IstioOptions: ParsableArguments {
         name: [.customShort("n"), .customLong("dry-run")], inversion: .prefixedNo,
         help: "Print the plan instead of applying it (env DRY_RUN).")
     var dryRun: Bool?
-    @Option(name: .customLong("iptables-probe-port"), help: "Validation probe port (env IPTABLES_PROBE_PORT, default 15002).")
+    @Option(
+        name: .customLong("iptables-probe-port"),
+        help: "Validation probe port (env IPTABLES_PROBE_PORT, default 15002).")
     var iptablesProbePort: String?
     @Option(name: .customLong("probe-timeout"), help: "Validation timeout (env PROBE_TIMEOUT, default 5s).")
     var probeTimeout: String?

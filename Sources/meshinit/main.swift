@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
 import ArgumentParser
 import MeshConfig
 import MeshSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 let meshinitVersion = "0.1.0"
 
@@ -27,7 +28,8 @@ func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String
                 guard let bool = parseGoBool(value) else {
                     throw CommandFailure(
                         status: .usage,
-                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)").description)
+                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)")
+                            .description)
                 }
                 out.append(bool ? "--\(name)" : "--no-\(name)")
                 continue
@@ -46,7 +48,8 @@ func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String
                 guard let bool = parseGoBool(value) else {
                     throw CommandFailure(
                         status: .usage,
-                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)").description)
+                        message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)")
+                            .description)
                 }
                 out.append(bool ? "-\(short)" : "--no-\(flag.rawValue)")
             } else {

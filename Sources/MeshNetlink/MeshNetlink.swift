@@ -1,0 +1,1 @@
+// The nftables netlink backend (libnftnl + libmnl): see issue 4.

@@ -6,7 +6,9 @@ import PackageDescription
 //   MeshConfig   Istio flags + env → typed CaptureConfig (strict, parse once)
 //   MeshPlanner  CaptureConfig → Plan (pure)
 //   MeshRender   Plan → iptables-restore text, nft script, JSON (pure)
-//   MeshSystem   the only place that asks the system (passwd/group, interfaces, files)
+//   MeshIptables the iptables-restore applier: live state (iptables-save) → converging restore
+//   MeshSystem   the only place that asks the system (passwd/group, interfaces, files, exec)
+//   CMeshShims   two GNU libc calls Swift cannot see without _GNU_SOURCE (setns, pipe2)
 //   CNftnl       system library: libnftnl + libmnl headers
 //   MeshNetlink  safe Swift layer over CNftnl: plan → netlink batch, send, dump
 //   meshinit     thin CLI on swift-argument-parser
@@ -24,7 +26,9 @@ let package = Package(
         .target(name: "MeshConfig", dependencies: ["MeshModel"]),
         .target(name: "MeshPlanner", dependencies: ["MeshModel", "MeshConfig"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
-        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig"]),
+        .target(name: "CMeshShims"),
+        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig", "CMeshShims"]),
+        .target(name: "MeshIptables", dependencies: ["MeshModel", "MeshConfig", "MeshRender", "MeshSystem"]),
         .systemLibrary(
             name: "CNftnl",
             path: "Sources/CNftnl",
@@ -35,11 +39,15 @@ let package = Package(
         .executableTarget(
             name: "meshinit",
             dependencies: [
-                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem",
+                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(
+            name: "MeshIptablesTests",
+            dependencies: ["MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshSystem"]
+        ),
         .testTarget(
             name: "MeshNetlinkTests",
             dependencies: ["MeshNetlink", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender"]

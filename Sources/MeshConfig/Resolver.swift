@@ -55,12 +55,25 @@ public struct ConfigResolver {
         self.system = system
     }
 
+    /// Just `--network-namespace` / `NETWORK_NAMESPACE`: it must be entered before anything
+    /// else is resolved (IPv6 detection reads the interfaces of that namespace).
+    public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
+        -> String?
+    {
+        let (netns, source) = Input(flags: flags, environment: environment).text(.networkNamespace)
+        if netns.isEmpty { return nil }
+        guard !netns.utf8.contains(0), netns.utf8.first == UInt8(ascii: "/") else {
+            throw ConfigError(source, netns, "expected an absolute path such as /var/run/netns/NAME")
+        }
+        return netns
+    }
+
     /// Resolves `flags` (long name → text as given on the command line; booleans as
     /// "true"/"false") over `environment`.
     ///
     /// - Throws: `ConfigError` naming the first bad value.
     public func resolve(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError) -> Settings {
-        var input = Input(flags: flags, environment: environment)
+        let input = Input(flags: flags, environment: environment)
         var settings = Settings()
         var c = CaptureConfig()
         var r = RunOptions()
@@ -141,13 +154,7 @@ public struct ConfigResolver {
             throw ConfigError(timeoutSource, timeoutText, "expected a positive duration such as 5s or 500ms")
         }
         r.probeTimeoutMilliseconds = timeout
-        let (netns, netnsSource) = input.text(.networkNamespace)
-        if !netns.isEmpty {
-            guard !netns.utf8.contains(0), netns.utf8.first == UInt8(ascii: "/") else {
-                throw ConfigError(netnsSource, netns, "expected an absolute path such as /var/run/netns/NAME")
-            }
-            r.networkNamespace = netns
-        }
+        r.networkNamespace = try Self.networkNamespace(flags: flags, environment: environment)
         r.cniMode = try input.bool(.cniMode)
         r.reconcile = try input.bool(.reconcile)
         r.cleanupOnly = try input.bool(.cleanupOnly)

@@ -1,9 +1,14 @@
 import ArgumentParser
 import MeshConfig
+import MeshIptables
 import MeshModel
 import MeshPlanner
 import MeshRender
 import MeshSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// sysexits-style exit codes (plus 126 for a failed validation probe and 3 for verify drift).
 enum ExitStatus: Int32 {
@@ -29,25 +34,104 @@ struct Meshinit: ParsableCommand {
         abstract: "Install Istio's traffic capture rules in a pod network namespace.",
         discussion: """
             Accepts istio-iptables' flags and environment variables. With no sub-command (or \
-            with Istio's leading `istio-iptables`) it installs; `plan` prints the rules.
+            with Istio's leading `istio-iptables`) it installs; `plan` prints the rules; `clean` \
+            removes them; `verify` compares what is installed with the plan.
             """,
         version: meshinitVersion,
-        subcommands: [Install.self, PlanCommand.self],
+        subcommands: [Install.self, PlanCommand.self, Clean.self, Verify.self],
         defaultSubcommand: Install.self
     )
 }
 
-/// Resolves flags and environment into settings, mapping bad input to exit 64.
-func resolveSettings(_ options: IstioOptions) throws -> Settings {
+/// Resolves flags and environment into settings, mapping bad input to exit 64. When a
+/// network namespace is named, it is entered first, so that everything after (interface
+/// detection, rules, routes) happens inside it.
+func resolveSettings(_ options: IstioOptions, enterNamespace: Bool = true) throws -> Settings {
+    let environment = processEnvironment()
+    let given = options.given
     do {
-        return try ConfigResolver(system: LiveSystem()).resolve(flags: options.given, environment: processEnvironment())
-    } catch {
+        if enterNamespace, let netns = try ConfigResolver.networkNamespace(flags: given, environment: environment) {
+            do {
+                try enterNetworkNamespace(netns)
+            } catch {
+                throw CommandFailure(status: error.errno == EPERM ? .permission : .failure, message: error.description)
+            }
+        }
+        return try ConfigResolver(system: LiveSystem()).resolve(flags: given, environment: environment)
+    } catch let error as ConfigError {
         throw CommandFailure(status: .usage, message: error.description)
     }
 }
 
 func printWarnings(_ settings: Settings) {
     for warning in settings.warnings { writeStandardError("meshinit: warning: \(warning)\n") }
+}
+
+/// The pieces a command needs to act: logger, process runner, backends.
+struct Context {
+    var settings: Settings
+    var log: Logger
+    var runner: SpawnRunner
+
+    init(_ settings: Settings) {
+        self.settings = settings
+        log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
+        runner = SpawnRunner(environment: processEnvironment())
+    }
+
+    var iptables: IptablesBackend {
+        let log = self.log
+        return IptablesBackend(
+            runner: runner, forced: settings.run.forceIptablesVariant,
+            legacyTablesLoaded: { family in
+                let file = family == .ipv4 ? "/proc/net/ip_tables_names" : "/proc/net/ip6_tables_names"
+                return !(LiveSystem().readFile(file) ?? "").isEmpty
+            },
+            log: { log.info($0) })
+    }
+
+    var routing: PolicyRouting {
+        let log = self.log
+        return PolicyRouting(runner: runner, log: { log.info($0) })
+    }
+
+    func logConfig() {
+        let c = settings.capture
+        let r = settings.run
+        log.info(
+            "meshinit \(meshinitVersion): proxy port \(c.proxyPort), inbound \(c.inboundCapturePort), tunnel \(c.inboundTunnelPort), uids \(c.proxyUIDs.map(\.description).joined(separator: ",")), gids \(c.proxyGIDs.map(\.description).joined(separator: ",")), mode \(c.interceptionMode.rawValue), ipv6 \(c.ipv6), dns \(c.dns.map { "\($0)" } ?? "off"), backend \(r.nativeNftables ? "nftables (netlink)" : "iptables-restore")"
+        )
+        for warning in settings.warnings { log.warn(warning) }
+    }
+}
+
+/// Maps backend errors to exit statuses.
+func failure(_ error: IptablesError) -> CommandFailure {
+    let status: ExitStatus =
+        switch error.kind {
+        case .unavailable: .unavailable
+        case .permission: .permission
+        case .lockBusy: .temporary
+        case .failed: .failure
+        }
+    return CommandFailure(status: status, message: error.message)
+}
+
+func failure(_ error: PolicyRouting.Failure) -> CommandFailure {
+    CommandFailure(status: error.permission ? .permission : .failure, message: error.message)
+}
+
+/// Removes our rules (every backend meshinit can find) and routes; idempotent.
+func cleanEverything(_ context: Context) throws {
+    let removed: [String]
+    do {
+        removed = try context.iptables.clean()
+    } catch {
+        throw failure(error)
+    }
+    for line in removed { context.log.info("removed: \(line)") }
+    for line in context.routing.remove() { context.log.info("removed: \(line)") }
+    if removed.isEmpty { context.log.info("no iptables rules of ours found") }
 }
 
 struct Install: ParsableCommand {
@@ -61,10 +145,10 @@ struct Install: ParsableCommand {
 
     func run() throws {
         let settings = try resolveSettings(options)
-        printWarnings(settings)
         let plan = Planner.plan(settings.capture)
-        if settings.run.dryRun {
-            // Dry-run prints exactly what would be applied, for the chosen backend.
+        if settings.run.dryRun && !settings.run.cleanupOnly {
+            printWarnings(settings)
+            // Dry-run prints exactly what would be applied to a clean namespace, per backend.
             if settings.run.nativeNftables {
                 writeStandardOutput(NftScript.render(plan))
             } else {
@@ -74,9 +158,84 @@ struct Install: ParsableCommand {
             }
             return
         }
-        throw CommandFailure(
-            status: .unavailable,
-            message: "applying rules is not implemented in this build; nothing was changed (use -n or `meshinit plan`)")
+        let context = Context(settings)
+        context.logConfig()
+        if settings.run.cleanupOnly {
+            try cleanEverything(context)
+            return
+        }
+        if !settings.run.skipRuleApply {
+            if settings.run.nativeNftables {
+                throw CommandFailure(
+                    status: .unavailable,
+                    message: "--native-nftables is not available in this build; nothing was changed")
+            }
+            do {
+                let changes = try context.iptables.apply(plan)
+                for change in changes { context.log.info("changed: \(change)") }
+                try context.routing.install(route: plan.tproxyRoute, families: plan.families)
+            } catch let error as IptablesError {
+                throw failure(error)
+            } catch let error as PolicyRouting.Failure {
+                throw failure(error)
+            }
+        }
+        if settings.run.runValidation {
+            let probe = RedirectProbe(
+                listenPorts: [settings.capture.proxyPort, settings.capture.inboundCapturePort],
+                probePort: settings.run.probePort, timeoutMilliseconds: settings.run.probeTimeoutMilliseconds)
+            do {
+                try probe.run()
+                context.log.info("validation passed: connections to 127.0.0.6:\(settings.run.probePort) are redirected")
+            } catch {
+                throw CommandFailure(status: .validation, message: error.message)
+            }
+        }
+    }
+}
+
+struct Clean: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clean",
+        abstract: "Remove every rule, chain and route of ours, found from the live state (flags are not needed)."
+    )
+
+    @OptionGroup var options: IstioOptions
+
+    func run() throws {
+        let settings = try resolveSettings(options)
+        try cleanEverything(Context(settings))
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract:
+            "Compare the installed rules with the plan for these flags: exit 0 if they match, 3 with a diff if not."
+    )
+
+    @OptionGroup var options: IstioOptions
+
+    func run() throws {
+        let settings = try resolveSettings(options)
+        let context = Context(settings)
+        let plan = Planner.plan(settings.capture)
+        if settings.run.nativeNftables {
+            throw CommandFailure(status: .unavailable, message: "--native-nftables is not available in this build")
+        }
+        let differences: [String]
+        do {
+            differences = try context.iptables.verify(plan)
+        } catch {
+            throw failure(error)
+        }
+        guard differences.isEmpty else {
+            for line in differences { writeStandardOutput(line + "\n") }
+            throw CommandFailure(
+                status: .drift, message: "installed rules differ from the plan (\(differences.count) differences)")
+        }
+        context.log.info("installed rules match the plan")
     }
 }
 
@@ -102,7 +261,7 @@ struct PlanCommand: ParsableCommand {
     @OptionGroup var options: IstioOptions
 
     func run() throws {
-        let settings = try resolveSettings(options)
+        let settings = try resolveSettings(options, enterNamespace: false)
         printWarnings(settings)
         let plan = Planner.plan(settings.capture)
         switch format {

@@ -1,0 +1,9 @@
+#ifndef CMESHSHIMS_H
+#define CMESHSHIMS_H
+#include <sys/types.h>
+
+/// setns(fd, CLONE_NEWNET); returns 0 or -1 with errno.
+int cmesh_setns_net(int fd);
+/// pipe2(fds, O_CLOEXEC); returns 0 or -1 with errno.
+int cmesh_pipe_cloexec(int fds[2]);
+#endif

@@ -1,0 +1,197 @@
+import MeshModel
+import MeshRender
+
+/// What meshinit owns in an iptables dump, derived from the live state alone:
+/// - every chain named `ISTIO_*`;
+/// - every rule in a built-in chain that jumps to one;
+/// - rules in built-in chains with the exact shape of Istio's non-jump rules: the TPROXY mark
+///   rules of mangle (CONNMARK save/restore of a mark, lo RETURN of a mark, MARK 0x53a for the
+///   proxy owner), and, in a table that also holds `ISTIO_*` state, the interface-exclusion
+///   `-i IF -j RETURN` / `-o IF -j RETURN` of nat/mangle PREROUTING/OUTPUT.
+public enum Ownership {
+    public static func isOurChain(_ name: String) -> Bool { name.hasPrefix("ISTIO_") }
+
+    static let builtinChains: Set<String> = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+
+    /// Whether `rule` (in a built-in chain of `table`) is ours.
+    public static func isOurs(_ rule: SavedRule, table: String, tableHasOurState: Bool) -> Bool {
+        let t = rule.tokens
+        if let j = t.firstIndex(where: { $0 == "-j" || $0 == "-g" }), j + 1 < t.count, isOurChain(t[j + 1]) {
+            return true
+        }
+        let full = "0xffffffff"
+        if table == "mangle" {
+            if rule.chain == "PREROUTING",
+                t.count == 13, t[0...4] == ["-p", "tcp", "-m", "mark", "--mark"],
+                t[6...] == ["-j", "CONNMARK", "--save-mark", "--nfmask", full, "--ctmask", full]
+            {
+                return true
+            }
+            if rule.chain == "OUTPUT" {
+                if t.count == 10, t[0...6] == ["-o", "lo", "-p", "tcp", "-m", "mark", "--mark"],
+                    t[8...] == ["-j", "RETURN"]
+                {
+                    return true
+                }
+                if t.count == 15, t[0...1] == ["!", "-d"], t[3...8] == ["-o", "lo", "-p", "tcp", "-m", "owner"],
+                    t[9] == "--uid-owner" || t[9] == "--gid-owner",
+                    t[11...] == ["-j", "MARK", "--set-xmark", "0x53a/\(full)"]
+                {
+                    return true
+                }
+                if t.count == 13, t[0...4] == ["-p", "tcp", "-m", "connmark", "--mark"],
+                    t[6...] == ["-j", "CONNMARK", "--restore-mark", "--nfmask", full, "--ctmask", full]
+                {
+                    return true
+                }
+            }
+        }
+        if tableHasOurState, table == "nat" || table == "mangle", t.count == 4, t[2...] == ["-j", "RETURN"] {
+            return (rule.chain == "PREROUTING" && t[0] == "-i") || (rule.chain == "OUTPUT" && t[0] == "-o")
+        }
+        return false
+    }
+
+    /// Whether the table holds any chain or jump of ours.
+    public static func hasOurState(_ table: SavedTable) -> Bool {
+        table.chains.contains(where: isOurChain)
+            || table.rules.contains { rule in
+                builtinChains.contains(rule.chain) && isOurs(rule, table: table.name, tableHasOurState: false)
+            }
+    }
+}
+
+/// The change one table needs to go from its live state to the plan (or to nothing, for
+/// cleanup): a `--noflush` restore block, and a summary for the log.
+public struct TableChange: Sendable, Hashable {
+    public var table: String
+    /// `*table` … `COMMIT`.
+    public var block: String
+    public var summary: String
+}
+
+/// Live state + desired operations (one family) → the per-table changes (none when the
+/// live state already matches). Pure.
+///
+/// Each changed table becomes one atomic restore block: our chains are declared `:C - [0:0]`
+/// (created or emptied) and refilled; in a built-in chain whose rules of ours differ from the
+/// plan, ours are deleted and re-added in plan order (so foreign rules keep their place and a
+/// re-run never duplicates a jump); chains of ours the plan no longer has are emptied and
+/// deleted. Nothing else is touched.
+public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange] {
+    var changes: [TableChange] = []
+    let liveByName = Dictionary(live.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    for table in Table.allCases {
+        let ops = desired.filter { $0.table == table }
+        let liveTable = liveByName[table.rawValue]
+        let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
+        if ops.isEmpty && !hasOurState { continue }
+
+        let desiredChains = IptablesRestore.ownChains(ops).map(\.iptablesName)
+        let materialized = ChainLayout.materialize(ops)
+        func desiredSpecs(_ chain: String) -> [String] {
+            materialized.first { $0.chain.iptablesName == chain }?.rules.map(SaveCanonical.spec) ?? []
+        }
+        let liveOurChains = liveTable?.chains.filter(Ownership.isOurChain) ?? []
+        let stale = liveOurChains.filter { !desiredChains.contains($0) }
+
+        // Our chains: same set and same contents?
+        var rebuilt: [String] = []
+        for chain in desiredChains {
+            let liveSpecs = liveTable?.rules(in: chain).map(\.spec)
+            if liveSpecs != desiredSpecs(chain) || !liveOurChains.contains(chain) { rebuilt.append(chain) }
+        }
+
+        // Built-in chains: our rules, in order, equal to the plan's?
+        var builtinNames: [String] = []
+        for op in ops {
+            if case .builtin = op.chain, !builtinNames.contains(op.chain.iptablesName) {
+                builtinNames.append(op.chain.iptablesName)
+            }
+        }
+        for rule in liveTable?.rules ?? [] where Ownership.builtinChains.contains(rule.chain) {
+            if !builtinNames.contains(rule.chain),
+                Ownership.isOurs(rule, table: table.rawValue, tableHasOurState: hasOurState)
+            {
+                builtinNames.append(rule.chain)
+            }
+        }
+        var differingBuiltins: [String: [SavedRule]] = [:]
+        for chain in builtinNames {
+            let ours = (liveTable?.rules(in: chain) ?? []).filter {
+                Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState)
+            }
+            if ours.map(\.spec) != desiredSpecs(chain) { differingBuiltins[chain] = ours }
+        }
+
+        if rebuilt.isEmpty && stale.isEmpty && differingBuiltins.isEmpty { continue }
+
+        var lines = ["*\(table.rawValue)"]
+        for chain in desiredChains + stale { lines.append(":\(chain) - [0:0]") }
+        for chain in builtinNames {
+            for rule in differingBuiltins[chain] ?? [] { lines.append("-D \(chain) \(rule.spec)") }
+        }
+        for op in ops {
+            if case .builtin = op.chain, differingBuiltins[op.chain.iptablesName] == nil { continue }
+            lines.append(IptablesRestore.line(op))
+        }
+        for chain in stale { lines.append("-X \(chain)") }
+        lines.append("COMMIT")
+
+        var parts: [String] = []
+        if !rebuilt.isEmpty { parts.append("wrote \(rebuilt.joined(separator: ", "))") }
+        for chain in builtinNames where differingBuiltins[chain] != nil {
+            let removed = differingBuiltins[chain]?.count ?? 0
+            let added = desiredSpecs(chain).count
+            parts.append("\(chain): -\(removed) +\(added) rules")
+        }
+        if !stale.isEmpty { parts.append("removed \(stale.joined(separator: ", "))") }
+        changes.append(
+            TableChange(
+                table: table.rawValue, block: lines.joined(separator: "\n") + "\n",
+                summary: "\(table.rawValue): " + parts.joined(separator: "; ")))
+    }
+    return changes
+}
+
+/// Differences between the live state and the plan (one family), one readable line each;
+/// empty when they match. Order matters within a chain.
+public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [String] {
+    var lines: [String] = []
+    let liveByName = Dictionary(live.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    for table in Table.allCases {
+        let ops = desired.filter { $0.table == table }
+        let liveTable = liveByName[table.rawValue]
+        let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
+        if ops.isEmpty && !hasOurState { continue }
+        let where_ = "\(family.rawValue) \(table.rawValue)"
+        let materialized = ChainLayout.materialize(ops)
+        var chains = materialized.map(\.chain.iptablesName)
+        for chain in IptablesRestore.ownChains(ops).map(\.iptablesName) where !chains.contains(chain) {
+            chains.append(chain)
+        }
+        for chain in liveTable?.chains ?? [] where Ownership.isOurChain(chain) && !chains.contains(chain) {
+            lines.append("extra chain in \(where_): \(chain)")
+        }
+        for chain in liveTable?.rules.map(\.chain) ?? [] where Ownership.builtinChains.contains(chain) {
+            if !chains.contains(chain) { chains.append(chain) }
+        }
+        for chain in chains {
+            let want = materialized.first { $0.chain.iptablesName == chain }?.rules.map(SaveCanonical.spec) ?? []
+            let isBuiltin = Ownership.builtinChains.contains(chain)
+            if !isBuiltin && !(liveTable?.chains.contains(chain) ?? false) {
+                lines.append("missing chain in \(where_): \(chain)")
+            }
+            let have = (liveTable?.rules(in: chain) ?? []).filter {
+                !isBuiltin || Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState)
+            }.map(\.spec)
+            if have == want { continue }
+            for spec in want where !have.contains(spec) {
+                lines.append("missing rule in \(where_): -A \(chain) \(spec)")
+            }
+            for spec in have where !want.contains(spec) { lines.append("extra rule in \(where_): -A \(chain) \(spec)") }
+            if Set(have) == Set(want) { lines.append("rule order differs in \(where_) \(chain)") }
+        }
+    }
+    return lines
+}

@@ -164,14 +164,14 @@ public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [
         let liveTable = liveByName[table.rawValue]
         let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
         if ops.isEmpty && !hasOurState { continue }
-        let where_ = "\(family.rawValue) \(table.rawValue)"
+        let location = "\(family.rawValue) \(table.rawValue)"
         let materialized = ChainLayout.materialize(ops)
         var chains = materialized.map(\.chain.iptablesName)
         for chain in IptablesRestore.ownChains(ops).map(\.iptablesName) where !chains.contains(chain) {
             chains.append(chain)
         }
         for chain in liveTable?.chains ?? [] where Ownership.isOurChain(chain) && !chains.contains(chain) {
-            lines.append("extra chain in \(where_): \(chain)")
+            lines.append("extra chain in \(location): \(chain)")
         }
         for chain in liveTable?.rules.map(\.chain) ?? [] where Ownership.builtinChains.contains(chain) {
             if !chains.contains(chain) { chains.append(chain) }
@@ -180,17 +180,19 @@ public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [
             let want = materialized.first { $0.chain.iptablesName == chain }?.rules.map(SaveCanonical.spec) ?? []
             let isBuiltin = Ownership.builtinChains.contains(chain)
             if !isBuiltin && !(liveTable?.chains.contains(chain) ?? false) {
-                lines.append("missing chain in \(where_): \(chain)")
+                lines.append("missing chain in \(location): \(chain)")
             }
             let have = (liveTable?.rules(in: chain) ?? []).filter {
                 !isBuiltin || Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState)
             }.map(\.spec)
             if have == want { continue }
             for spec in want where !have.contains(spec) {
-                lines.append("missing rule in \(where_): -A \(chain) \(spec)")
+                lines.append("missing rule in \(location): -A \(chain) \(spec)")
             }
-            for spec in have where !want.contains(spec) { lines.append("extra rule in \(where_): -A \(chain) \(spec)") }
-            if Set(have) == Set(want) { lines.append("rule order differs in \(where_) \(chain)") }
+            for spec in have where !want.contains(spec) {
+                lines.append("extra rule in \(location): -A \(chain) \(spec)")
+            }
+            if Set(have) == Set(want) { lines.append("rule order differs in \(location) \(chain)") }
         }
     }
     return lines

@@ -1,1 +1,0 @@
-// The nftables netlink backend (libnftnl + libmnl): see issue 4.

@@ -1,0 +1,266 @@
+import MeshConfig
+import MeshIptables
+import MeshModel
+import MeshPlanner
+import MeshRender
+import MeshSystem
+import Testing
+
+/// A recording command runner: binaries exist if listed; `*-save` returns the current
+/// simulated dump; `*-restore` calls are recorded and answered by `restoreResult`.
+final class FakeRunner: CommandRunner, @unchecked Sendable {
+    var binaries: Set<String>
+    var dumps: [String: String] = [:]
+    var restoreResult: (String, [String], String) -> CommandResult = { _, _, _ in CommandResult(status: 0) }
+    var calls: [(path: String, args: [String], stdin: String)] = []
+
+    init(binaries: Set<String>) { self.binaries = binaries }
+
+    func which(_ name: String) -> String? { binaries.contains(name) ? "/sbin/\(name)" : nil }
+
+    func run(_ path: String, _ arguments: [String], stdin: String) throws(CommandError) -> CommandResult {
+        calls.append((path, arguments, stdin))
+        let name = String(path.split(separator: "/").last ?? "")
+        if name.hasSuffix("-save") { return CommandResult(status: 0, stdout: dumps[name] ?? "") }
+        return restoreResult(name, arguments, stdin)
+    }
+
+    var restores: [(path: String, args: [String], stdin: String)] { calls.filter { $0.path.hasSuffix("-restore") } }
+}
+
+let allBinaries: Set<String> = [
+    "iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
+    "iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore",
+    "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore",
+]
+
+func seedPlan(ipv6: Bool = true) -> Plan {
+    var c = CaptureConfig()
+    c.inboundPorts = .all(except: [15090, 15021, 15020].map { PortRange(Port($0)!) })
+    c.outboundInclude = .all
+    c.ipv6 = ipv6
+    return Planner.plan(c)
+}
+
+/// What iptables-save prints after our plan was restored into an empty namespace, built from
+/// the canonical renderer (the kernel tests prove the canonical renderer right).
+func dumpAfterInstall(_ plan: Plan, family: Family) -> String {
+    var out = ""
+    for layout in ChainLayout.materialize(plan.operations(for: family)).map({ $0.table }).uniqued() {
+        out += "*\(layout.rawValue)\n"
+        let ops = plan.operations(for: family).filter { $0.table == layout }
+        for chain in IptablesRestore.ownChains(ops) { out += ":\(chain.iptablesName) - [0:0]\n" }
+        for entry in ChainLayout.materialize(ops) {
+            for rule in entry.rules { out += "-A \(entry.chain.iptablesName) \(SaveCanonical.spec(rule))\n" }
+        }
+        out += "COMMIT\n"
+    }
+    return out
+}
+
+extension Array where Element: Hashable {
+    func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
+    }
+}
+
+func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded: Bool = false) -> IptablesBackend {
+    IptablesBackend(runner: runner, forced: forced, legacyTablesLoaded: { _ in legacyLoaded }, log: { _ in })
+}
+
+@Suite struct DetectionTests {
+    @Test func prefersNftWhenLegacyHasNoTables() throws {
+        let tools = try backend(FakeRunner(binaries: allBinaries)).tools(for: .ipv4)
+        #expect(tools.variant == .nft)
+        #expect(tools.restore == "/sbin/iptables-nft-restore")
+    }
+
+    @Test func prefersLegacyWhenItsTablesExist() throws {
+        let tools = try backend(FakeRunner(binaries: allBinaries), legacyLoaded: true).tools(for: .ipv6)
+        #expect(tools.variant == .legacy)
+        #expect(tools.save == "/sbin/ip6tables-legacy-save")
+        #expect(tools.waits)
+    }
+
+    @Test func fallsBackToPlainIptables() throws {
+        let tools = try backend(FakeRunner(binaries: ["iptables-save", "iptables-restore"])).tools(for: .ipv4)
+        #expect(tools.variant == .plain)
+    }
+
+    @Test func forcedVariantMustExist() {
+        let runner = FakeRunner(binaries: ["iptables-nft-save", "iptables-nft-restore"])
+        #expect(throws: IptablesError.self) { try backend(runner, forced: .legacy).tools(for: .ipv4) }
+        do {
+            _ = try backend(runner, forced: .legacy).tools(for: .ipv4)
+        } catch {
+            #expect(error.kind == .unavailable)
+            #expect(error.message.contains("iptables-legacy-restore"))
+        }
+    }
+
+    @Test func missingBinaryIsUnavailable() {
+        do {
+            _ = try backend(FakeRunner(binaries: [])).tools(for: .ipv4)
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.kind == .unavailable)
+            #expect(error.message.contains("iptables-restore not found"))
+        }
+    }
+}
+
+@Suite struct ApplyTests {
+    @Test func cleanNamespaceGetsOneRestorePerFamily() throws {
+        let runner = FakeRunner(binaries: allBinaries)
+        let changes = try backend(runner).apply(seedPlan())
+        #expect(runner.restores.count == 2)
+        #expect(runner.restores.allSatisfy { $0.args == ["--noflush"] })
+        #expect(runner.restores[0].stdin.contains(":ISTIO_OUTPUT - [0:0]"))
+        #expect(runner.restores[0].stdin.contains("-A OUTPUT -j ISTIO_OUTPUT"))
+        #expect(runner.restores[1].stdin.contains("-s ::6/128"))
+        #expect(changes.count == 2)
+    }
+
+    @Test func secondRunWritesNothing() throws {
+        let plan = seedPlan()
+        let runner = FakeRunner(binaries: allBinaries)
+        runner.dumps["iptables-nft-save"] = dumpAfterInstall(plan, family: .ipv4)
+        runner.dumps["ip6tables-nft-save"] = dumpAfterInstall(plan, family: .ipv6)
+        let changes = try backend(runner).apply(plan)
+        #expect(changes.isEmpty)
+        #expect(runner.restores.isEmpty)
+        #expect(try backend(runner).verify(plan).isEmpty)
+    }
+
+    @Test func legacyWaitsForTheLock() throws {
+        let runner = FakeRunner(binaries: allBinaries)
+        _ = try backend(runner, forced: .legacy).apply(seedPlan(ipv6: false))
+        #expect(runner.restores.first?.args == ["--noflush", "--wait=30"])
+    }
+
+    @Test func ipv6FailureRollsIPv4Back() {
+        let plan = seedPlan()
+        let runner = FakeRunner(binaries: allBinaries)
+        let before = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -o eth9 -j ACCEPT\nCOMMIT\n"
+        runner.dumps["iptables-nft-save"] = before
+        runner.restoreResult = { name, _, _ in
+            name.hasPrefix("ip6tables")
+                ? CommandResult(status: 1, stderr: "ip6tables-restore: line 7 failed\n") : CommandResult(status: 0)
+        }
+        do {
+            _ = try backend(runner).apply(plan)
+            Issue.record("expected a failure")
+        } catch {
+            #expect(error.kind == .failed)
+            #expect(error.message.contains("line 7"))
+        }
+        // v4 restore, v6 restore (failed), then the v4 rollback: a full restore of the old nat.
+        let restores = runner.restores
+        #expect(restores.count == 3)
+        #expect(restores[2].path.hasSuffix("iptables-nft-restore"))
+        #expect(restores[2].args.isEmpty)
+        #expect(restores[2].stdin == before)
+    }
+
+    @Test func failuresAreClassified() {
+        let cases: [(String, IptablesError.Kind, String)] = [
+            ("Another app is currently holding the xtables lock. Stopped waiting after 30s.\n", .lockBusy, "lock"),
+            (
+                "iptables-restore v1.8.9 (legacy): can't initialize iptables table `nat': Permission denied (you must be root)\n",
+                .permission, "CAP_NET_ADMIN"
+            ),
+            ("iptables-restore: Couldn't load target `TPROXY':No such file or directory\n", .unavailable, "xt_TPROXY"),
+            ("iptables-restore: Couldn't load match `owner':No such file or directory\n", .unavailable, "xt_owner"),
+            ("iptables-restore: line 3 failed\n", .failed, "line 3"),
+        ]
+        for (stderr, kind, mention) in cases {
+            let runner = FakeRunner(binaries: allBinaries)
+            runner.restoreResult = { _, _, _ in CommandResult(status: 1, stderr: stderr) }
+            do {
+                _ = try backend(runner).apply(seedPlan(ipv6: false))
+                Issue.record("expected a failure for \(stderr)")
+            } catch {
+                #expect(error.kind == kind, "\(stderr)")
+                #expect(error.message.contains(mention), "\(error.message)")
+                #expect(!error.message.contains("\n"))
+            }
+        }
+    }
+}
+
+@Suite struct ReconcileTests {
+    let foreign = """
+        *nat
+        :PREROUTING ACCEPT [0:0]
+        :OUTPUT ACCEPT [0:0]
+        :KUBE-SERVICES - [0:0]
+        :ISTIO_OLD - [0:0]
+        -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+        -A PREROUTING -i eth7 -j RETURN
+        -A PREROUTING -p tcp -j ISTIO_OLD
+        -A OUTPUT -j KUBE-SERVICES
+        -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j RETURN
+        -A ISTIO_OLD -p tcp -j RETURN
+        COMMIT
+        *filter
+        :INPUT ACCEPT [0:0]
+        -A INPUT -i eth7 -j RETURN
+        COMMIT
+
+        """
+
+    @Test func cleanupRemovesOnlyOurs() {
+        let changes = reconcile(live: parseSave(foreign), desired: [])
+        #expect(changes.map(\.table) == ["nat"])
+        let block = changes[0].block
+        #expect(block.contains("-D PREROUTING -p tcp -j ISTIO_OLD"))
+        // With ISTIO state in nat, the interface RETURN is Istio's exclusion shape.
+        #expect(block.contains("-D PREROUTING -i eth7 -j RETURN"))
+        #expect(block.contains("-X ISTIO_OLD"))
+        #expect(!block.contains("KUBE"))
+        // A table without any ISTIO state is not touched, even with the same shape of rule.
+        #expect(!block.contains("INPUT"))
+    }
+
+    @Test func cleanupOfCleanStateIsEmpty() {
+        let clean = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth7 -j RETURN\nCOMMIT\n"
+        #expect(reconcile(live: parseSave(clean), desired: []).isEmpty)
+    }
+
+    @Test func installKeepsForeignJumpsAndReplacesStaleChains() {
+        let plan = seedPlan(ipv6: false)
+        let changes = reconcile(live: parseSave(foreign), desired: plan.operations(for: .ipv4))
+        let block = changes.first { $0.table == "nat" }?.block ?? ""
+        #expect(block.contains(":ISTIO_OUTPUT - [0:0]"))
+        #expect(block.contains("-X ISTIO_OLD"))
+        #expect(block.contains("-A PREROUTING -p tcp -j ISTIO_INBOUND"))
+        #expect(!block.contains("KUBE-SERVICES"))
+    }
+
+    @Test func driftNamesTheMissingRule() {
+        let plan = seedPlan(ipv6: false)
+        var dump = dumpAfterInstall(plan, family: .ipv4)
+        dump = dump.replacingOccurrences(of: "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n", with: "")
+        let lines = drift(live: parseSave(dump), desired: plan.operations(for: .ipv4), family: .ipv4)
+        #expect(lines == ["missing rule in ipv4 nat: -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"])
+    }
+
+    @Test func tokenizerKeepsQuotedWords() {
+        let rules = parseSave(foreign)[0].rules
+        #expect(rules[0].tokens == ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"])
+        #expect(rules[0].spec == "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+    }
+}
+
+extension String {
+    func replacingOccurrences(of target: String, with replacement: String) -> String {
+        var out = ""
+        var rest = self[...]
+        while let range = rest.firstRange(of: target) {
+            out += rest[..<range.lowerBound] + replacement
+            rest = rest[range.upperBound...]
+        }
+        return out + rest
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import MeshConfig
+import MeshIptables
+import MeshModel
+import MeshPlanner
+import MeshRender
+import Testing
+
+/// Real kernel: what `iptables-save` prints for our rules must be exactly what
+/// `SaveCanonical` predicts, or re-runs would not be no-ops and `verify` would report false
+/// drift. Each check runs in its own throwaway network namespace, for both iptables variants.
+@Suite(.serialized) struct KernelCanonicalTests {
+    static func configs() -> [(String, CaptureConfig)] {
+        var out: [(String, CaptureConfig)] = []
+        var seed = CaptureConfig()
+        seed.inboundPorts = .all(except: [15090, 15021, 15020].map { PortRange(Port($0)!) })
+        seed.outboundInclude = .all
+        seed.ipv6 = true
+        out.append(("seed", seed))
+
+        var tproxy = seed
+        tproxy.interceptionMode = .tproxy
+        tproxy.inboundPorts = .only([PortRange(Port(8080)!), PortRange(first: Port(9000)!, last: Port(9010)!)!])
+        tproxy.excludeInterfaces = [InterfaceName("eth9")!, InterfaceName("veth+")!]
+        tproxy.dropInvalid = true
+        tproxy.proxyUIDs = [NumericID(3)!, NumericID(4)!]
+        tproxy.proxyGIDs = [NumericID(5)!]
+        out.append(("tproxy", tproxy))
+
+        var dns = seed
+        dns.dns = .servers(ipv4: [IPAddress("10.0.0.10")!], ipv6: [IPAddress("fd00::a")!])
+        dns.outboundInclude = .only([CIDR("10.0.0.0/8")!, CIDR("2001:db8::/32")!, CIDR("127.0.0.1/8")!])
+        dns.outboundExclude = [CIDR("10.1.0.0/16")!, CIDR("2001:db8:1::/48")!]
+        dns.outboundPorts = [PortRange(Port(3306)!)]
+        dns.outboundExcludePorts = [PortRange(first: Port(20)!, last: Port(22)!)!]
+        dns.kubeVirtInterfaces = [InterfaceName("eth1")!]
+        dns.ownerGroups = .only([NumericID(202)!, NumericID(203)!])
+        dns.ipv4LoopbackCIDR = CIDR("127.0.0.1/8")!
+        out.append(("dns-cidrs", dns))
+
+        var all = seed
+        all.dns = .all
+        all.ownerGroups = .allExcept([NumericID(7)!])
+        all.tproxyMark = Mark(0)
+        out.append(("capture-all-dns", all))
+        return out
+    }
+
+    @Test(arguments: ["nft", "legacy"])
+    func saveOutputMatchesCanonicalRendering(variant: String) throws {
+        guard try kernelTestsCanRun() else { return }
+        for (name, config) in Self.configs() {
+            let plan = Planner.plan(config)
+            for family in plan.families {
+                let prefix = family == .ipv4 ? "iptables" : "ip6tables"
+                let ns = try Namespace()
+                defer { ns.delete() }
+                let payload = IptablesRestore.render(plan, family: family)
+                let restore = try ns.run(["\(prefix)-\(variant)-restore", "--noflush"], stdin: payload)
+                #expect(restore.status == 0, "\(name) \(family) \(variant): \(restore.stderr)")
+                let save = try ns.run(["\(prefix)-\(variant)-save"])
+                let live = parseSave(save.stdout)
+                let ops = plan.operations(for: family)
+                #expect(drift(live: live, desired: ops, family: family) == [], "\(name) \(family) \(variant)")
+                #expect(reconcile(live: live, desired: ops).isEmpty, "\(name) \(family) \(variant): not converged")
+                // And cleanup from that state leaves nothing of ours.
+                let clean = reconcile(live: live, desired: []).map(\.block).joined()
+                let cleaned = try ns.run(["\(prefix)-\(variant)-restore", "--noflush"], stdin: clean)
+                #expect(cleaned.status == 0, "\(name) \(family) \(variant) clean: \(cleaned.stderr)")
+                let after = try ns.run(["\(prefix)-\(variant)-save"]).stdout
+                #expect(!after.contains("ISTIO"), "\(name) \(family) \(variant): left after cleanup:\n\(after)")
+                #expect(reconcile(live: parseSave(after), desired: []).isEmpty)
+            }
+        }
+    }
+}
+
+/// Whether this process can run kernel tests. With CI=true a missing prerequisite is a
+/// recorded failure, never a silent skip.
+func kernelTestsCanRun() throws -> Bool {
+    var missing: [String] = []
+    if getuid() != 0 { missing.append("root") }
+    for tool in ["ip", "iptables-nft-restore", "iptables-legacy-restore"] where which(tool) == nil {
+        missing.append(tool)
+    }
+    if missing.isEmpty { return true }
+    if ProcessInfo.processInfo.environment["CI"] == "true" {
+        Issue.record("kernel test prerequisites missing: \(missing.joined(separator: ", "))")
+    }
+    return false
+}
+
+func which(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+    for dir in path.split(separator: ":") {
+        let candidate = "\(dir)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+}
+
+/// A throwaway network namespace with `lo` up.
+struct Namespace {
+    static let lock = NSLock()
+    nonisolated(unsafe) static var counter = 0
+    let name: String
+
+    init() throws {
+        Namespace.lock.lock()
+        Namespace.counter += 1
+        name = "mkt-\(getpid())-\(Namespace.counter)"
+        Namespace.lock.unlock()
+        _ = try Self.exec(["ip", "netns", "add", name])
+        _ = try Self.exec(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+    }
+
+    func run(_ command: [String], stdin: String = "") throws -> (status: Int32, stdout: String, stderr: String) {
+        try Self.exec(["ip", "netns", "exec", name] + command, stdin: stdin)
+    }
+
+    func delete() { _ = try? Self.exec(["ip", "netns", "del", name]) }
+
+    static func exec(_ command: [String], stdin: String = "") throws -> (status: Int32, stdout: String, stderr: String)
+    {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: which(command[0]) ?? command[0])
+        process.arguments = Array(command.dropFirst())
+        let input = Pipe()
+        let output = Pipe()
+        let error = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        input.fileHandleForWriting.write(Data(stdin.utf8))
+        try input.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+}

@@ -467,6 +467,22 @@ def cleanup_leaves_foreign_rules(r, t):
 
 
 @scenario
+def network_namespace_flag(r, t):
+    """A node agent acts on a pod from outside: --network-namespace enters it (setns)."""
+    path = "/run/netns/" + t.pod
+    for cmd in ([r.binary] + r.flags(SEED + ["--ipv6=off", "--network-namespace", path]),
+                [r.binary, "verify"] + r.flags(SEED + ["--ipv6=off", "--network-namespace=" + path])):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise Failure("%s exited %d: %s" % (" ".join(cmd), p.returncode, p.stderr.strip()[-400:]))
+    expect(t.connect("10.200.0.1", 80), "proxy 15001 orig 10.200.0.1:80", "captured after install from outside")
+    p = subprocess.run([r.binary, "clean", "--network-namespace", path] + r.flags([]), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise Failure("clean from outside exited %d: %s" % (p.returncode, p.stderr))
+    expect(t.connect("10.200.0.1", 80), "world 10.200.0.1:80", "not captured after clean from outside")
+
+
+@scenario
 def validation_probe(r, t):
     # The probe listens on the proxy ports itself (Envoy is not running yet when Istio's
     # istio-validation container runs), so use namespaces without our test servers.

@@ -65,7 +65,8 @@ let package = Package(
             dependencies: [
                 "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel",
                 .product(name: "PropertyBased", package: "swift-property-based"),
-            ]
+            ],
+            exclude: ["Goldens"]
         ),
     ]
 )

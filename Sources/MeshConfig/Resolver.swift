@@ -60,7 +60,11 @@ public struct ConfigResolver {
     public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
         -> String?
     {
-        let (netns, source) = Input(flags: flags, environment: environment).text(.networkNamespace)
+        try networkNamespace(Input(flags: flags, environment: environment).text(.networkNamespace))
+    }
+
+    static func networkNamespace(_ value: (String, ValueSource)) throws(ConfigError) -> String? {
+        let (netns, source) = value
         if netns.isEmpty { return nil }
         guard !netns.utf8.contains(0), netns.utf8.first == UInt8(ascii: "/") else {
             throw ConfigError(source, netns, "expected an absolute path such as /var/run/netns/NAME")
@@ -74,6 +78,21 @@ public struct ConfigResolver {
     /// - Throws: `ConfigError` naming the first bad value.
     public func resolve(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError) -> Settings {
         let input = Input(flags: flags, environment: environment)
+        // Every value given must be valid, even one that a higher-precedence source overrides
+        // (Istio drops bad environment values silently; a wrong capture config is a hole).
+        for flag in IstioFlag.allCases {
+            for (text, source) in input.shadowed(flag) {
+                var probe = input
+                probe.forced = (flag, text, source)
+                _ = try resolve(probe)
+            }
+        }
+        return try resolve(input)
+    }
+
+    func resolve(_ input: Input) throws(ConfigError) -> Settings {
+        let flags = input.flags
+        let environment = input.environment
         var settings = Settings()
         var c = CaptureConfig()
         var r = RunOptions()
@@ -154,7 +173,7 @@ public struct ConfigResolver {
             throw ConfigError(timeoutSource, timeoutText, "expected a positive duration such as 5s or 500ms")
         }
         r.probeTimeoutMilliseconds = timeout
-        r.networkNamespace = try Self.networkNamespace(flags: flags, environment: environment)
+        r.networkNamespace = try Self.networkNamespace(input.text(.networkNamespace))
         r.cniMode = try input.bool(.cniMode)
         r.reconcile = try input.bool(.reconcile)
         r.cleanupOnly = try input.bool(.cleanupOnly)
@@ -219,8 +238,9 @@ public struct ConfigResolver {
         }
 
         // DNS capture.
+        let captureAllDNS = try input.bool(.captureAllDNS)
         if try input.bool(.redirectDNS) {
-            if try input.bool(.captureAllDNS) {
+            if captureAllDNS {
                 c.dns = .all
             } else {
                 guard let text = system.readFile(resolvPath) else {
@@ -300,8 +320,29 @@ public struct ConfigResolver {
 struct Input {
     var flags: [IstioFlag: String]
     var environment: [String: String]
+    /// A value to use for one flag instead of the winner (to validate overridden values).
+    var forced: (flag: IstioFlag, text: String, source: ValueSource)?
+
+    init(flags: [IstioFlag: String], environment: [String: String]) {
+        self.flags = flags
+        self.environment = environment
+    }
+
+    /// The values of `flag` that lose to a higher-precedence source.
+    func shadowed(_ flag: IstioFlag) -> [(String, ValueSource)] {
+        var present: [(String, ValueSource)] = []
+        if let name = flag.environment, let v = environment[name], !(flag.isBoolean && v.isEmpty) {
+            present.append((v, .environment(name)))
+        }
+        if let alias = flag.aliasEnvironment, let v = environment[alias], !(flag.isBoolean && v.isEmpty) {
+            present.append((v, .environment(alias)))
+        }
+        if let v = flags[flag] { present.append((v, .flag(flag))) }
+        return Array(present.dropLast())
+    }
 
     func text(_ flag: IstioFlag) -> (String, ValueSource) {
+        if let forced, forced.flag == flag { return (forced.text, forced.source) }
         if let v = flags[flag] { return (v, .flag(flag)) }
         if let alias = flag.aliasEnvironment, let v = environment[alias], !(flag.isBoolean && v.isEmpty) {
             return (v, .environment(alias))
@@ -386,7 +427,7 @@ public func parseGoBool(_ text: String) -> Bool? {
     }
 }
 
-/// Go's `time.ParseDuration`, in milliseconds (sub-millisecond parts round down).
+/// Go's `time.ParseDuration`, in milliseconds (a sub-millisecond rest rounds up).
 public func parseGoDuration(_ text: String) -> Int64? {
     var chars = Substring(text)
     if chars == "0" { return 0 }
@@ -411,7 +452,7 @@ public func parseGoDuration(_ text: String) -> Int64? {
         totalNanos += value * scale
     }
     guard totalNanos < 1e18 else { return nil }
-    return Int64(totalNanos / 1e6)
+    return Int64((totalNanos / 1e6).rounded(.up))
 }
 
 /// `nameserver` lines of a resolv.conf, split by family (as Istio's DNS capture reads them).
@@ -453,9 +494,10 @@ public func quoted(_ value: String) -> String {
         case "\t": out += "\\t"
         case "\r": out += "\\r"
         default:
-            if scalar.value < 0x20 || scalar.value == 0x7f {
-                out += "\\x" + String(scalar.value, radix: 16)
-            } else {
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator, .surrogate, .unassigned:
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default:
                 out.unicodeScalars.append(scalar)
             }
         }

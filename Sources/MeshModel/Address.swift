@@ -131,6 +131,10 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         if family == .ipv4 {
             return bytes.map(String.init).joined(separator: ".")
         }
+        if high == 0, low >> 32 == 0xffff {
+            // IPv4-mapped: mixed notation (RFC 5952 section 5), as Go's netip prints it.
+            return "::ffff:" + IPAddress(ipv4: UInt32(truncatingIfNeeded: low)).description
+        }
         var groups: [UInt16] = []
         for shift in stride(from: 48, through: 0, by: -16) { groups.append(UInt16(high >> UInt64(shift) & 0xffff)) }
         for shift in stride(from: 48, through: 0, by: -16) { groups.append(UInt16(low >> UInt64(shift) & 0xffff)) }

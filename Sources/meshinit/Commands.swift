@@ -92,7 +92,7 @@ struct Context {
 
     var routing: PolicyRouting {
         let log = self.log
-        return PolicyRouting(runner: runner, log: { log.info($0) })
+        return PolicyRouting(log: { log.info($0) })
     }
 
     func logConfig() {

@@ -1,6 +1,8 @@
 #ifndef CMESHSHIMS_H
 #define CMESHSHIMS_H
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
 
 /// setns(fd, CLONE_NEWNET); returns 0 or -1 with errno.
 int cmesh_setns_net(int fd);

@@ -1,0 +1,182 @@
+import MeshModel
+import MeshRender
+
+/// The native nftables backend: installs, removes and verifies meshinit's `inet` tables
+/// (`istio-proxy-nat`, `-mangle`, `-raw`) through netlink, without the `nft` binary.
+///
+/// ```swift
+/// let backend = NftablesBackend(transport: try NetfilterSocket())
+/// try backend.apply(plan)                 // one atomic transaction
+/// let drift = try backend.verify(plan)    // [] when the kernel holds exactly the plan
+/// try backend.clean()
+/// ```
+public final class NftablesBackend {
+    private let transport: any NetlinkTransport
+    private let maxAttempts: Int
+
+    /// - Parameters:
+    ///   - transport: where batches go (`NetfilterSocket` for the kernel).
+    ///   - maxAttempts: how many times a batch is sent when the kernel reports a transient
+    ///     error (EBUSY, EAGAIN, EINTR, ERESTART, ENOBUFS). Resending is safe: every batch
+    ///     replaces our tables as a whole.
+    public init(transport: any NetlinkTransport, maxAttempts: Int = 3) {
+        self.transport = transport
+        self.maxAttempts = max(1, maxAttempts)
+    }
+
+    /// Installs `plan` in one transaction (see `NftBatchBuilder.applyBatch`): our tables
+    /// are replaced atomically, tables the plan does not use are deleted. On failure the
+    /// kernel applies nothing.
+    ///
+    /// - Throws: `NetlinkError`; for a refused message, `.kernel` with the object as nft
+    ///   text and the errno, e.g. `add rule inet istio-proxy-nat output counter jump x:
+    ///   No such file or directory (ENOENT)`.
+    public func apply(_ plan: Plan) throws(NetlinkError) {
+        try send(try NftBatchBuilder.applyBatch(plan))
+    }
+
+    /// Deletes all of meshinit's tables in one transaction. Idempotent; other tables are
+    /// not touched.
+    ///
+    /// - Throws: `NetlinkError` as for `apply`.
+    public func clean() throws(NetlinkError) {
+        try send(try NftBatchBuilder.cleanBatch())
+    }
+
+    /// The names of meshinit's tables present in the kernel (for reports).
+    ///
+    /// - Throws: `NetlinkError` when the state cannot be read.
+    public func installedTables() throws(NetlinkError) -> [String] {
+        var reader = RulesetReader(transport: transport)
+        return try reader.read(tables: NftBatchBuilder.ownedTables.map(\.nftTableName)).map(\.name)
+    }
+
+    /// Compares the kernel's state of our tables with `plan`.
+    ///
+    /// - Returns: one readable line per difference (a missing or unexpected table or chain,
+    ///   a base chain with another hook, a missing rule shown as `add rule …` nft text, an
+    ///   unexpected rule shown as bytecode); empty when the kernel matches the plan.
+    /// - Throws: `NetlinkError` when the state cannot be read.
+    public func verify(_ plan: Plan) throws(NetlinkError) -> [String] {
+        var reader = RulesetReader(transport: transport)
+        let live = try reader.read(tables: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        let expected = try NftablesBackend.expectedSnapshot(plan)
+        return RulesetDiff.differences(expected: expected, actual: live)
+    }
+
+    private func send(_ batch: Batch) throws(NetlinkError) {
+        var attempt = 1
+        while true {
+            do {
+                try transport.commit(batch)
+                return
+            } catch {
+                guard error.isTransient, attempt < maxAttempts else { throw error }
+                attempt += 1
+            }
+        }
+    }
+
+    /// The plan in snapshot form, with the nft text of every rule for messages.
+    static func expectedSnapshot(_ plan: Plan) throws(NetlinkError) -> [ExpectedTable] {
+        var out: [ExpectedTable] = []
+        for layout in NftLayout.tables(of: plan) {
+            var chains: [ExpectedChain] = []
+            for chain in layout.chains {
+                var rules: [(text: String, statement: String)] = []
+                for rule in chain.rules {
+                    rules.append((try RuleText.expected(RuleCompiler.compile(rule)), NftScript.statement(rule)))
+                }
+                let base = NftScript.baseChainSpec(layout.table, chain.chain)
+                chains.append(ExpectedChain(name: chain.chain.nftName, base: base, rules: rules))
+            }
+            out.append(ExpectedTable(name: layout.table.nftTableName, chains: chains))
+        }
+        return out
+    }
+}
+
+struct ExpectedChain {
+    var name: String
+    var base: String?
+    var rules: [(text: String, statement: String)]
+}
+
+struct ExpectedTable {
+    var name: String
+    var chains: [ExpectedChain]
+}
+
+/// Expected vs. live tables → readable differences.
+enum RulesetDiff {
+    static func differences(expected: [ExpectedTable], actual: [TableSnapshot]) -> [String] {
+        var out: [String] = []
+        for table in actual where !expected.contains(where: { $0.name == table.name }) {
+            out.append("unexpected table inet \(table.name)")
+        }
+        for table in expected {
+            guard let live = actual.first(where: { $0.name == table.name }) else {
+                out.append("missing table inet \(table.name)")
+                continue
+            }
+            let t = "inet \(table.name)"
+            for chain in live.chains where !table.chains.contains(where: { $0.name == chain.name }) {
+                out.append("unexpected chain \(t) \(chain.name)")
+            }
+            for chain in table.chains {
+                guard let liveChain = live.chains.first(where: { $0.name == chain.name }) else {
+                    out.append("missing chain \(t) \(chain.name)")
+                    continue
+                }
+                if liveChain.base != chain.base {
+                    out.append(
+                        "chain \(t) \(chain.name): expected \(chain.base ?? "a regular chain"), found \(liveChain.base ?? "a regular chain")"
+                    )
+                }
+                for change in diff(chain.rules.map(\.text), liveChain.rules) {
+                    switch change {
+                    case .missing(let index):
+                        out.append("missing rule: add rule \(t) \(chain.name) \(chain.rules[index].statement)")
+                    case .extra(let index):
+                        out.append(
+                            "unexpected rule in \(t) \(chain.name) (position \(index + 1)): \(liveChain.rules[index])")
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    enum Change: Equatable {
+        case missing(Int)  // index into expected
+        case extra(Int)  // index into actual
+    }
+
+    /// Longest-common-subsequence diff of two rule lists (order matters in a chain).
+    static func diff(_ a: [String], _ b: [String]) -> [Change] {
+        let n = a.count
+        let m = b.count
+        var table = [[Int]](repeating: [Int](repeating: 0, count: m + 1), count: n + 1)
+        for i in stride(from: n - 1, through: 0, by: -1) {
+            for j in stride(from: m - 1, through: 0, by: -1) {
+                table[i][j] = a[i] == b[j] ? table[i + 1][j + 1] + 1 : max(table[i + 1][j], table[i][j + 1])
+            }
+        }
+        var changes: [Change] = []
+        var i = 0
+        var j = 0
+        while i < n || j < m {
+            if i < n, j < m, a[i] == b[j] {
+                i += 1
+                j += 1
+            } else if j < m, i == n || table[i][j + 1] >= table[i + 1][j] {
+                changes.append(.extra(j))
+                j += 1
+            } else {
+                changes.append(.missing(i))
+                i += 1
+            }
+        }
+        return changes
+    }
+}

@@ -1,5 +1,0 @@
-import Testing
-
-@Test func netlinkPlaceholder() {
-    #expect(Bool(true))
-}

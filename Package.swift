@@ -39,7 +39,7 @@ let package = Package(
         .executableTarget(
             name: "meshinit",
             dependencies: [
-                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables",
+                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -2,6 +2,7 @@ import ArgumentParser
 import MeshConfig
 import MeshIptables
 import MeshModel
+import MeshNetlink
 import MeshPlanner
 import MeshRender
 import MeshSystem
@@ -90,6 +91,27 @@ struct Context {
             log: { log.info($0) })
     }
 
+    /// The netlink backend, on a socket in the current network namespace.
+    func netlink() throws -> NftablesBackend {
+        do {
+            return NftablesBackend(transport: try NetfilterSocket())
+        } catch {
+            throw failure(error)
+        }
+    }
+
+    /// `--native-nftables`, or no iptables binary at all (and none forced): the netlink
+    /// backend needs no binary, so a minimal image still works with Istio's arguments.
+    var usesNetlink: Bool {
+        if settings.run.nativeNftables { return true }
+        if settings.run.forceIptablesVariant != nil { return false }
+        if (try? iptables.tools(for: .ipv4)) == nil {
+            log.info("no iptables-restore in PATH: using the nftables netlink backend")
+            return true
+        }
+        return false
+    }
+
     var routing: PolicyRouting {
         let log = self.log
         return PolicyRouting(log: { log.info($0) })
@@ -117,21 +139,53 @@ func failure(_ error: IptablesError) -> CommandFailure {
     return CommandFailure(status: status, message: error.message)
 }
 
+func failure(_ error: NetlinkError) -> CommandFailure {
+    let status: ExitStatus
+    switch error.errno {
+    case EPERM?, EACCES?:
+        return CommandFailure(status: .permission, message: "\(error) (CAP_NET_ADMIN is needed)")
+    case EPROTONOSUPPORT?, EAFNOSUPPORT?:
+        return CommandFailure(status: .unavailable, message: "\(error) (kernel support missing: nf_tables)")
+    case EOPNOTSUPP?:
+        return CommandFailure(
+            status: .unavailable,
+            message:
+                "\(error) (kernel support missing: nf_tables expression modules such as nft_redir, nft_tproxy, nft_ct)")
+    case EBUSY?, EAGAIN?, EINTR?: status = .temporary
+    default:
+        // ENOENT on an expression means its module is missing; on an object it is a plan bug.
+        status =
+            error.code == .kernel && error.errno == ENOENT && !error.subject.contains("jump") ? .unavailable : .failure
+    }
+    return CommandFailure(status: status, message: error.description)
+}
+
 func failure(_ error: PolicyRouting.Failure) -> CommandFailure {
     CommandFailure(status: error.permission ? .permission : .failure, message: error.message)
 }
 
-/// Removes our rules (every backend meshinit can find) and routes; idempotent.
-func cleanEverything(_ context: Context) throws {
-    let removed: [String]
+/// Removes our rules (both backends) and routes, found from the live state; idempotent.
+/// Returns what was removed, one line each.
+func cleanEverything(_ context: Context) throws -> [String] {
+    var removed: [String]
     do {
         removed = try context.iptables.clean()
     } catch {
         throw failure(error)
     }
+    do {
+        let nl = NftablesBackend(transport: try NetfilterSocket())
+        let before = try nl.installedTables()
+        try nl.clean()
+        removed += before.map { "nft table inet \($0)" }
+    } catch {
+        // A kernel without nf_tables cannot hold our tables: nothing to clean there.
+        if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
+    }
+    removed += context.routing.remove()
     for line in removed { context.log.info("removed: \(line)") }
-    for line in context.routing.remove() { context.log.info("removed: \(line)") }
-    if removed.isEmpty { context.log.info("no iptables rules of ours found") }
+    if removed.isEmpty { context.log.info("nothing of ours found") }
+    return removed
 }
 
 struct Install: ParsableCommand {
@@ -161,20 +215,23 @@ struct Install: ParsableCommand {
         let context = Context(settings)
         context.logConfig()
         if settings.run.cleanupOnly {
-            try cleanEverything(context)
+            _ = try cleanEverything(context)
             return
         }
         if !settings.run.skipRuleApply {
-            if settings.run.nativeNftables {
-                throw CommandFailure(
-                    status: .unavailable,
-                    message: "--native-nftables is not available in this build; nothing was changed")
-            }
             do {
-                let changes = try context.iptables.apply(plan)
-                for change in changes { context.log.info("changed: \(change)") }
+                if context.usesNetlink {
+                    try context.netlink().apply(plan)
+                    let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
+                    context.log.info("nftables: installed \(tables) in one transaction")
+                } else {
+                    let changes = try context.iptables.apply(plan)
+                    for change in changes { context.log.info("changed: \(change)") }
+                }
                 try context.routing.install(route: plan.tproxyRoute, families: plan.families)
             } catch let error as IptablesError {
+                throw failure(error)
+            } catch let error as NetlinkError {
                 throw failure(error)
             } catch let error as PolicyRouting.Failure {
                 throw failure(error)
@@ -202,9 +259,53 @@ struct Clean: ParsableCommand {
 
     @OptionGroup var options: IstioOptions
 
+    @Flag(
+        name: .customLong("all-namespaces"),
+        help: "Clean every network namespace on the node (/run/netns/*, /proc/*/ns/net), not just this one.")
+    var allNamespaces = false
+
     func run() throws {
-        let settings = try resolveSettings(options)
-        try cleanEverything(Context(settings))
+        guard allNamespaces else {
+            let settings = try resolveSettings(options)
+            _ = try cleanEverything(Context(settings))
+            return
+        }
+        try cleanAllNamespaces(options)
+    }
+}
+
+/// `clean --all-namespaces`: every network namespace on the node except our own, each
+/// cleaned of both backends' rules and our routes, with a report per namespace.
+func cleanAllNamespaces(_ options: IstioOptions) throws {
+    let settings = try resolveSettings(options, enterNamespace: false)
+    let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
+    let home = currentNetworkNamespaceInode()
+    var failures = 0
+    var cleaned = 0
+    for ns in listNetworkNamespaces() where ns.inode != home {
+        do {
+            let removed = try withNetworkNamespace(ns.path) { () throws -> [String] in
+                var context = Context(settings)
+                context.log = Logger(level: .none, json: false)
+                return try cleanEverything(context)
+            }
+            if removed.isEmpty {
+                log.info("\(ns.path) (netns \(ns.inode)): nothing of ours")
+            } else {
+                cleaned += 1
+                log.info("\(ns.path) (netns \(ns.inode)): removed \(removed.joined(separator: "; "))")
+            }
+        } catch let failure as CommandFailure {
+            failures += 1
+            log.log(.error, "\(ns.path) (netns \(ns.inode)): \(failure.message)")
+        } catch {
+            failures += 1
+            log.log(.error, "\(ns.path) (netns \(ns.inode)): \(error)")
+        }
+    }
+    log.info("cleaned \(cleaned) network namespaces (the caller's own namespace is skipped: use `meshinit clean`)")
+    if failures > 0 {
+        throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be cleaned")
     }
 }
 
@@ -221,13 +322,12 @@ struct Verify: ParsableCommand {
         let settings = try resolveSettings(options)
         let context = Context(settings)
         let plan = Planner.plan(settings.capture)
-        if settings.run.nativeNftables {
-            throw CommandFailure(status: .unavailable, message: "--native-nftables is not available in this build")
-        }
         let differences: [String]
         do {
-            differences = try context.iptables.verify(plan)
-        } catch {
+            differences = context.usesNetlink ? try context.netlink().verify(plan) : try context.iptables.verify(plan)
+        } catch let error as IptablesError {
+            throw failure(error)
+        } catch let error as NetlinkError {
             throw failure(error)
         }
         guard differences.isEmpty else {

@@ -90,7 +90,7 @@ public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange]
         let desiredChains = IptablesRestore.ownChains(ops).map(\.iptablesName)
         let materialized = ChainLayout.materialize(ops)
         func desiredSpecs(_ chain: String) -> [String] {
-            materialized.first { $0.chain.iptablesName == chain }?.rules.map(SaveCanonical.spec) ?? []
+            materialized.first { $0.chain.iptablesName == chain }?.rules.flatMap(SaveCanonical.specs) ?? []
         }
         let liveOurChains = liveTable?.chains.filter(Ownership.isOurChain) ?? []
         let stale = liveOurChains.filter { !desiredChains.contains($0) }
@@ -133,7 +133,7 @@ public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange]
         }
         for op in ops {
             if case .builtin = op.chain, differingBuiltins[op.chain.iptablesName] == nil { continue }
-            lines.append(IptablesRestore.line(op))
+            lines += IptablesRestore.lines(op)
         }
         for chain in stale { lines.append("-X \(chain)") }
         lines.append("COMMIT")
@@ -177,7 +177,7 @@ public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [
             if !chains.contains(chain) { chains.append(chain) }
         }
         for chain in chains {
-            let want = materialized.first { $0.chain.iptablesName == chain }?.rules.map(SaveCanonical.spec) ?? []
+            let want = materialized.first { $0.chain.iptablesName == chain }?.rules.flatMap(SaveCanonical.specs) ?? []
             let isBuiltin = Ownership.builtinChains.contains(chain)
             if !isBuiltin && !(liveTable?.chains.contains(chain) ?? false) {
                 lines.append("missing chain in \(location): \(chain)")

@@ -99,6 +99,9 @@ func tokenize(_ line: String) -> [String] {
 /// hex, targets with the defaults the kernel reports. Used to decide "already installed" and
 /// for `verify`; proven against the kernel by the real-kernel tests.
 public enum SaveCanonical {
+    /// The specs `iptables-save` prints for `rule` (several for a list; see `Rule.expanded`).
+    public static func specs(_ rule: Rule) -> [String] { rule.expanded.map(spec) }
+
     public static func spec(_ rule: Rule) -> String {
         var src: [String] = []
         var dst: [String] = []
@@ -114,6 +117,7 @@ public enum SaveCanonical {
             case .outInterface(let name): outIf = ["-o", name.name]
             case .source(let cidr, let negated): src = not(negated) + ["-s", networkText(cidr)]
             case .destination(let cidr, let negated): dst = not(negated) + ["-d", networkText(cidr)]
+            case .destinations(let list): dst = ["-d", list.map(networkText).joined(separator: ",")]  // expand first
             case .l4proto(let p, let scope): if scope == .all { proto = p }
             case .destinationPorts(let p, let ranges, let negated):
                 proto = p

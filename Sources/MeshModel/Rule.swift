@@ -87,9 +87,13 @@ public enum Match: Sendable, Hashable {
     case outInterface(InterfaceName)
     case source(CIDR, negated: Bool)
     case destination(CIDR, negated: Bool)
+    /// Any of these destinations (one family). The planner uses it for long lists: nft
+    /// matches it with one set lookup; iptables expands it into one rule per CIDR, in order.
+    case destinations([CIDR])
     /// An explicit protocol match (`-p tcp`, `meta l4proto tcp`).
     case l4proto(L4Protocol, scope: BackendScope)
-    /// Destination ports of `proto` (one range, or several: `multiport` / an anonymous set).
+    /// Destination ports of `proto`: one range, or several — an anonymous set in nft; in
+    /// iptables `multiport` when negated (none of them), else one rule per range, in order.
     case destinationPorts(L4Protocol, [PortRange], negated: Bool)
     case sourcePort(L4Protocol, PortRange)
     case owner(Owner, negated: Bool)
@@ -101,6 +105,7 @@ public enum Match: Sendable, Hashable {
     public var family: Family? {
         switch self {
         case .source(let c, _), .destination(let c, _): c.family
+        case .destinations(let list): list.first?.family
         default: nil
         }
     }
@@ -138,6 +143,30 @@ public struct Rule: Sendable, Hashable {
 
     /// The family the rule's addresses pin it to (nil: family-neutral).
     public var family: Family? { matches.lazy.compactMap(\.family).first }
+
+    /// The rule as single-valued rules, in order: a `.destinations` list or a non-negated
+    /// port list becomes one rule per item (what iptables holds for it; nft keeps one rule
+    /// with a set). A rule has at most one such list.
+    public var expanded: [Rule] {
+        for (i, match) in matches.enumerated() {
+            switch match {
+            case .destinations(let list):
+                return list.map { cidr in
+                    var copy = self
+                    copy.matches[i] = .destination(cidr, negated: false)
+                    return copy
+                }
+            case .destinationPorts(let p, let ranges, false) where ranges.count > 1:
+                return ranges.map { range in
+                    var copy = self
+                    copy.matches[i] = .destinationPorts(p, [range], negated: false)
+                    return copy
+                }
+            default: continue
+            }
+        }
+        return [self]
+    }
 }
 
 /// How a rule enters its chain: appended, or inserted at a 1-based position (iptables `-I

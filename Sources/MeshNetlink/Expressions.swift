@@ -178,6 +178,15 @@ enum RuleCompiler {
                 out.append(.compare(NftConstant.cmpEq, interfaceBytes(name)))
             case .source(let cidr, let negated): address(cidr, source: true, negated: negated)
             case .destination(let cidr, let negated): address(cidr, source: false, negated: negated)
+            case .destinations(let list):
+                guard let family = list.first?.family else { continue }
+                needFamily(family)
+                out.append(
+                    .payload(
+                        base: NftConstant.payloadNetwork, offset: family == .ipv4 ? 16 : 24,
+                        length: family == .ipv4 ? 4 : 16))
+                sets.append(addressSet(list, family: family))
+                out.append(.lookup(set: sets.count - 1, inverted: false))
             case .l4proto(let p, _):
                 out.append(.metaLoad(NftConstant.metaL4proto))
                 out.append(.compare(NftConstant.cmpEq, [NftConstant.ipProtocol(p)]))
@@ -233,11 +242,12 @@ enum RuleCompiler {
         let interval = ranges.contains { !$0.isSingle }
         var elements: [AnonymousSet.Element] = []
         if interval {
-            // Sort and merge overlaps (the kernel rejects overlapping intervals).
+            // Sort and merge overlapping and adjacent ranges, as nft's automerge does for an
+            // anonymous interval set (the kernel rejects overlapping intervals).
             var merged: [(UInt32, UInt32)] = []
             for r in ranges.sorted(by: { $0.first < $1.first }) {
                 let (a, b) = (UInt32(r.first.value), UInt32(r.last.value))
-                if let last = merged.last, a <= last.1 {
+                if let last = merged.last, a <= last.1 + 1 {
                     merged[merged.count - 1].1 = max(last.1, b)
                 } else {
                     merged.append((a, b))
@@ -260,6 +270,58 @@ enum RuleCompiler {
         return AnonymousSet(
             keyType: NftConstant.typeInetService, keyLength: 2, interval: interval, elements: elements,
             userData: userData)
+    }
+
+    /// `ip daddr { 10.0.0.0/8, 192.0.2.1 }` as nft builds it: an `ipv4_addr`/`ipv6_addr`
+    /// anonymous set, always an interval set (even of hosts) of
+    /// sorted [network, last+1) ranges (overlapping and adjacent ones merged, as nft does), starting with a zero end marker.
+    static func addressSet(_ cidrs: [CIDR], family: Family) -> AnonymousSet {
+        let width = family == .ipv4 ? 4 : 16
+        // nft makes every address set an interval set, even of single hosts (which it merges).
+        var elements: [AnonymousSet.Element] = []
+        // [first, last] as big-endian byte arrays (comparable lexicographically).
+        var ranges: [([UInt8], [UInt8])] = cidrs.map { cidr in
+            let first = cidr.network.bytes
+            let last = zip(first, cidr.maskBytes).map { $0 | ~$1 }
+            return (first, last)
+        }
+        ranges.sort { $0.0.lexicographicallyPrecedes($1.0) }
+        var merged: [([UInt8], [UInt8])] = []
+        for r in ranges {
+            if let last = merged.last, !last.1.lexicographicallyPrecedes(r.0) || increment(last.1) == r.0 {
+                if last.1.lexicographicallyPrecedes(r.1) { merged[merged.count - 1].1 = r.1 }
+            } else {
+                merged.append(r)
+            }
+        }
+        let zero = [UInt8](repeating: 0, count: width)
+        if merged.first?.0 != zero { elements.append(.init(key: zero, flags: NftConstant.elementIntervalEnd)) }
+        for (first, last) in merged {
+            elements.append(.init(key: first, flags: 0))
+            if let next = increment(last) { elements.append(.init(key: next, flags: NftConstant.elementIntervalEnd)) }
+        }
+        // udata: KEYBYTEORDER big endian; MERGE_ELEMENTS for intervals; KEY_TYPEOF
+        // { payload, { desc ip (12) / ip6 (13), field daddr (12 / 9) } }.
+        var userData: [UInt8] = [0, 4] + host32(NftConstant.byteorderBigEndian) + [2, 4] + host32(1)
+        userData += [3, 20, 0, 4] + host32(7) + [1, 12, 0, 4] + host32(family == .ipv4 ? 12 : 13)
+        userData += [1, 4] + host32(family == .ipv4 ? 12 : 9)
+        return AnonymousSet(
+            keyType: family == .ipv4 ? 7 : 8, keyLength: UInt32(width), interval: true, elements: elements,
+            userData: userData)
+    }
+
+    /// `bytes + 1` (big endian), nil on overflow.
+    static func increment(_ bytes: [UInt8]) -> [UInt8]? {
+        var out = bytes
+        for i in stride(from: out.count - 1, through: 0, by: -1) {
+            if out[i] == 0xff {
+                out[i] = 0
+            } else {
+                out[i] += 1
+                return out
+            }
+        }
+        return nil
     }
 
     /// `"lo"` → 16 bytes, NUL padded; iptables' `eth+` (nft `"eth*"`) → the 3 prefix bytes.

@@ -13,6 +13,11 @@ public enum Planner {
     static let passthroughV4 = CIDR("127.0.0.6/32")!
     static let passthroughV6 = CIDR("::6/128")!
     static let loopbackV6 = CIDR("::1/128")!
+    /// Lists longer than this (CIDRs of one family, ports) become one rule with a list: nft
+    /// matches it with a single set lookup, so per-packet cost stays flat; iptables expands
+    /// it back into Istio's one-rule-per-item. Shorter lists stay one rule per item, exactly
+    /// as Istio's nft backend writes them.
+    public static let listThreshold = 16
 
     public static func plan(_ config: CaptureConfig) -> Plan {
         var b = Builder(config: config)
@@ -98,8 +103,8 @@ private struct Builder {
         dns()
         addVersioned(.nat, .own(.output)) { v in ([.destination(v.loopback, negated: false)], .return) }
         outboundExcludeCIDRs()
-        for port in c.outboundPorts {
-            add(.nat, .own(.output), [.destinationPorts(.tcp, [port], negated: false)], .jump(.redirect))
+        for ports in portGroups(c.outboundPorts) {
+            add(.nat, .own(.output), [.destinationPorts(.tcp, ports, negated: false)], .jump(.redirect))
         }
         outboundIncludes()
         tproxyTail()
@@ -162,8 +167,8 @@ private struct Builder {
         case .none:
             return
         case .all(let except):
-            for port in except {
-                add(table, .own(.inbound), [tcp, .destinationPorts(.tcp, [port], negated: false)], .return)
+            for ports in portGroups(except) {
+                add(table, .own(.inbound), [tcp, .destinationPorts(.tcp, ports, negated: false)], .return)
             }
             if tproxy {
                 add(.mangle, .own(.inbound), [tcp, established], .jump(.divert))
@@ -172,8 +177,8 @@ private struct Builder {
                 add(.nat, .own(.inbound), [tcp], .jump(.inRedirect))
             }
         case .only(let ports):
-            for port in ports {
-                let dport = Match.destinationPorts(.tcp, [port], negated: false)
+            for group in portGroups(ports) {
+                let dport = Match.destinationPorts(.tcp, group, negated: false)
                 if tproxy {
                     add(.mangle, .own(.inbound), [tcp, established, dport], .jump(.divert))
                     add(.mangle, .own(.inbound), [tcp, dport], .jump(.tproxy))
@@ -186,9 +191,9 @@ private struct Builder {
 
     /// `-o`: TCP and UDP to these ports is never captured (first rules of ISTIO_OUTPUT).
     mutating func outboundExcludePorts() {
-        for port in c.outboundExcludePorts {
-            add(.nat, .own(.output), [.destinationPorts(.tcp, [port], negated: false)], .return)
-            add(.nat, .own(.output), [.destinationPorts(.udp, [port], negated: false)], .return)
+        for ports in portGroups(c.outboundExcludePorts) {
+            add(.nat, .own(.output), [.destinationPorts(.tcp, ports, negated: false)], .return)
+            add(.nat, .own(.output), [.destinationPorts(.udp, ports, negated: false)], .return)
         }
     }
 
@@ -297,10 +302,20 @@ private struct Builder {
     /// `-x`: v4 CIDRs, then v6 CIDRs (v6 only when IPv6 is on).
     mutating func outboundExcludeCIDRs() {
         for family in families {
-            for cidr in c.outboundExclude where cidr.family == family {
+            let cidrs = c.outboundExclude.filter { $0.family == family }
+            if cidrs.count > Planner.listThreshold {
+                add(.nat, .own(.output), [.destinations(cidrs)], .return)
+                continue
+            }
+            for cidr in cidrs {
                 add(.nat, .own(.output), [.destination(cidr, negated: false)], .return)
             }
         }
+    }
+
+    /// Ports one rule each, or one rule with the list when it is long.
+    func portGroups(_ ports: [PortRange]) -> [[PortRange]] {
+        ports.count > Planner.listThreshold ? [ports] : ports.map { [$0] }
     }
 
     /// `-i` per family, with the kube-virt REDIRECT inserts (which shadow the RETURN inserts).
@@ -315,8 +330,13 @@ private struct Builder {
                 for nic in c.kubeVirtInterfaces {
                     add(.nat, .builtin(.prerouting), [.inInterface(nic)], .jump(.redirect), at: 1, families: fam)
                 }
-            case .only(let cidrs):
-                for cidr in cidrs where cidr.family == family {
+            case .only(let all):
+                let cidrs = all.filter { $0.family == family }
+                if cidrs.count > Planner.listThreshold && c.kubeVirtInterfaces.isEmpty {
+                    add(.nat, .own(.output), [.destinations(cidrs)], .jump(.redirect))
+                    continue
+                }
+                for cidr in cidrs {
                     for nic in c.kubeVirtInterfaces {
                         add(
                             .nat, .builtin(.prerouting), [.inInterface(nic), .destination(cidr, negated: false)],

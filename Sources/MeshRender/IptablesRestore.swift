@@ -23,8 +23,7 @@ public enum IptablesRestore {
                 out += ":\(chain.iptablesName) - [0:0]\n"
             }
             for op in ops {
-                out += line(op)
-                out += "\n"
+                for line in lines(op) { out += line + "\n" }
             }
             out += "COMMIT\n"
         }
@@ -42,14 +41,17 @@ public enum IptablesRestore {
         return seen
     }
 
-    /// `-A CHAIN ARGS` or `-I CHAIN N ARGS`.
-    public static func line(_ op: Operation) -> String {
-        let head: String =
-            switch op.placement {
-            case .append: "-A \(op.chain.iptablesName)"
-            case .insert(let position): "-I \(op.chain.iptablesName) \(position)"
+    /// `-A CHAIN ARGS` or `-I CHAIN N ARGS`; a rule with a list (`Rule.expanded`) gives one
+    /// line per item (inserted ones in reverse, so they end up in list order).
+    public static func lines(_ op: Operation) -> [String] {
+        switch op.placement {
+        case .append:
+            return op.rule.expanded.map { (["-A \(op.chain.iptablesName)"] + arguments($0)).joined(separator: " ") }
+        case .insert(let position):
+            return op.rule.expanded.reversed().map {
+                (["-I \(op.chain.iptablesName) \(position)"] + arguments($0)).joined(separator: " ")
             }
-        return ([head] + arguments(op.rule)).joined(separator: " ")
+        }
     }
 
     /// The rule's match and target arguments, as `iptables` takes them after the chain name.
@@ -67,6 +69,7 @@ public enum IptablesRestore {
             case .outInterface(let name): core += ["-o", name.name]
             case .source(let cidr, let negated): core += not(negated) + ["-s", cidr.description]
             case .destination(let cidr, let negated): core += not(negated) + ["-d", cidr.description]
+            case .destinations(let list): core += ["-d", list.map(\.description).joined(separator: ",")]
             case .l4proto(let p, let scope):
                 if scope == .all { proto = p }
             case .destinationPorts(let p, let ranges, let negated):

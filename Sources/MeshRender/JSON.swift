@@ -45,6 +45,7 @@ public enum PlanJSON {
         case .outInterface(let n): return .object([("outInterface", .string(n.name))])
         case .source(let c, let n): return .object([("source", .string(c.description))] + neg(n))
         case .destination(let c, let n): return .object([("destination", .string(c.description))] + neg(n))
+        case .destinations(let list): return .object([("destinations", .array(list.map { .string($0.description) }))])
         case .l4proto(let p, let scope):
             return .object([("l4proto", .string(p.rawValue))] + (scope == .nftOnly ? [("nftOnly", .bool(true))] : []))
         case .destinationPorts(let p, let ranges, let n):

@@ -38,6 +38,13 @@ import Testing
         dns.ipv4LoopbackCIDR = CIDR("127.0.0.1/8")!
         out.append(("dns-cidrs", dns))
 
+        var long = seed
+        long.outboundExclude = (0..<20).map { CIDR("10.\($0).0.0/16")! } + (0..<17).map { CIDR("2001:db8:\($0)::/48")! }
+        long.outboundInclude = .only((1...18).map { CIDR("198.51.100.\($0)/32")! })
+        long.outboundExcludePorts = (1...17).map { PortRange(Port(6000 + $0)!) }
+        long.inboundPorts = .all(except: (1...17).map { PortRange(Port(8000 + $0)!) })
+        out.append(("long-lists", long))
+
         var all = seed
         all.dns = .all
         all.ownerGroups = .allExcept([NumericID(7)!])

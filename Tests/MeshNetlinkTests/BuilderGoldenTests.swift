@@ -94,7 +94,8 @@ struct BuilderGoldenTests {
         }
         #expect(
             matches == [
-                "inInterface", "outInterface", "source", "destination", "l4proto", "destinationPorts", "sourcePort",
+                "inInterface", "outInterface", "source", "destination", "destinations", "l4proto", "destinationPorts",
+                "sourcePort",
                 "owner", "mark", "connmark", "conntrackState",
             ])
         #expect(

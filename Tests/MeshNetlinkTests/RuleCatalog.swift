@@ -96,6 +96,21 @@ enum RuleCatalog {
         Entry(
             name: "ct-zone", table: .raw, chain: .own(.outputDNS),
             rule: Rule([.destinationPorts(.udp, [port(53)], negated: false)], .conntrackZone(1))),
+        Entry(
+            name: "cidr-set-ipv4", table: .nat, chain: out,
+            rule: Rule(
+                [
+                    .destinations([
+                        cidr("10.0.0.0/8"), cidr("192.0.2.1/32"), cidr("192.0.2.2/32"), cidr("172.16.0.0/12"),
+                    ])
+                ],
+                .return)),
+        Entry(
+            name: "cidr-set-ipv6", table: .nat, chain: out,
+            rule: Rule([.destinations([cidr("2001:db8::/32"), cidr("fd00::1/128")])], .jump(.redirect))),
+        Entry(
+            name: "port-set-any-of", table: .nat, chain: out,
+            rule: Rule([.destinationPorts(.udp, [port(53), ports(8000, 8010), port(9000)], negated: false)], .return)),
     ]
 
     /// All entries as one plan (appended in order).

@@ -220,6 +220,16 @@ extension GoldenCase {
         GoldenCase(name: "drop-invalid-tproxy", args: ["--drop-invalid", "-m", "TPROXY", "-b", "*"], ipv6: true),
         GoldenCase(name: "user-group-names", args: ["-u", "istio-proxy", "-g", "java", "-b", "80"], ipv6: false),
         GoldenCase(name: "loopback-include", args: ["-i", "127.0.0.0/8,10.0.0.0/8"], ipv6: false),
+        // Lists longer than Planner.listThreshold: one nft rule with a set; iptables expands.
+        GoldenCase(
+            name: "long-lists",
+            args: [
+                "-x", ((0..<20).map { "10.\($0).0.0/16" } + (0..<17).map { "2001:db8:\($0)::/48" }).joined(separator: ","),
+                "-i", (1...18).map { "198.51.100.\($0)/32" }.joined(separator: ","),
+                "-o", (1...17).map { "\(6000 + $0)" }.joined(separator: ","),
+                "-q", (1...17).map { "\(7000 + $0)" }.joined(separator: ",") + ",7100-7200",
+                "-b", (1...17).map { "\(8000 + $0)" }.joined(separator: ","), "-m", "TPROXY",
+            ], ipv6: true),
         GoldenCase(
             name: "env-only",
             args: [],

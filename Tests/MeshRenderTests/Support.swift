@@ -224,7 +224,9 @@ extension GoldenCase {
         GoldenCase(
             name: "long-lists",
             args: [
-                "-x", ((0..<20).map { "10.\($0).0.0/16" } + (0..<17).map { "2001:db8:\($0)::/48" }).joined(separator: ","),
+                "-x",
+                ((0..<20).map { "10.\($0).0.0/16" } + (0..<17).map { "2001:db8:\($0)::/48" })
+                    .joined(separator: ","),
                 "-i", (1...18).map { "198.51.100.\($0)/32" }.joined(separator: ","),
                 "-o", (1...17).map { "\(6000 + $0)" }.joined(separator: ","),
                 "-q", (1...17).map { "\(7000 + $0)" }.joined(separator: ",") + ",7100-7200",

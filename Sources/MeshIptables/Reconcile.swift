@@ -70,6 +70,67 @@ public struct TableChange: Sendable, Hashable {
     public var summary: String
 }
 
+/// One table's live state next to the plan's operations for it (one family).
+struct TableComparison {
+    var table: Table
+    var ops: [Operation]
+    var live: SavedTable?
+    var hasOurState: Bool
+    /// Our chains the plan uses (written to or jumped to), in first-use order.
+    var desiredChains: [String]
+    /// Our chains the kernel holds.
+    var liveOurChains: [String]
+    /// Built-in chains that hold, or should hold, rules of ours.
+    var builtinChains: [String]
+    private var desired: [String: [String]] = [:]
+
+    /// Tables where the plan or the live state has something of ours.
+    static func all(live: [SavedTable], desired: [Operation]) -> [TableComparison] {
+        let liveByName = Dictionary(live.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        return Table.allCases.compactMap { table in
+            let ops = desired.filter { $0.table == table }
+            let liveTable = liveByName[table.rawValue]
+            let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
+            if ops.isEmpty && !hasOurState { return nil }
+            return TableComparison(table: table, ops: ops, live: liveTable, hasOurState: hasOurState)
+        }
+    }
+
+    init(table: Table, ops: [Operation], live: SavedTable?, hasOurState: Bool) {
+        self.table = table
+        self.ops = ops
+        self.live = live
+        self.hasOurState = hasOurState
+        desiredChains = IptablesRestore.ownChains(ops).map(\.iptablesName)
+        liveOurChains = live?.chains.filter(Ownership.isOurChain) ?? []
+        for entry in ChainLayout.materialize(ops) {
+            desired[entry.chain.iptablesName] = entry.rules.flatMap(SaveCanonical.specs)
+        }
+        var builtins: [String] = []
+        for op in ops where !builtins.contains(op.chain.iptablesName) {
+            if case .builtin = op.chain { builtins.append(op.chain.iptablesName) }
+        }
+        for rule in live?.rules ?? [] where Ownership.builtinChains.contains(rule.chain) {
+            if !builtins.contains(rule.chain),
+                Ownership.isOurs(rule, table: table.rawValue, tableHasOurState: hasOurState)
+            {
+                builtins.append(rule.chain)
+            }
+        }
+        builtinChains = builtins
+    }
+
+    /// The specs the plan puts in `chain`, as `iptables-save` prints them.
+    func desiredSpecs(_ chain: String) -> [String] { desired[chain] ?? [] }
+
+    /// The live rules of ours in `chain` (every rule of one of our chains).
+    func liveOurs(_ chain: String) -> [SavedRule] {
+        let rules = live?.rules(in: chain) ?? []
+        guard Ownership.builtinChains.contains(chain) else { return rules }
+        return rules.filter { Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState) }
+    }
+}
+
 /// Live state + desired operations (one family) → the per-table changes (none when the
 /// live state already matches). Pure.
 ///
@@ -80,58 +141,23 @@ public struct TableChange: Sendable, Hashable {
 /// deleted. Nothing else is touched.
 public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange] {
     var changes: [TableChange] = []
-    let liveByName = Dictionary(live.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-    for table in Table.allCases {
-        let ops = desired.filter { $0.table == table }
-        let liveTable = liveByName[table.rawValue]
-        let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
-        if ops.isEmpty && !hasOurState { continue }
-
-        let desiredChains = IptablesRestore.ownChains(ops).map(\.iptablesName)
-        let materialized = ChainLayout.materialize(ops)
-        func desiredSpecs(_ chain: String) -> [String] {
-            materialized.first { $0.chain.iptablesName == chain }?.rules.flatMap(SaveCanonical.specs) ?? []
-        }
-        let liveOurChains = liveTable?.chains.filter(Ownership.isOurChain) ?? []
-        let stale = liveOurChains.filter { !desiredChains.contains($0) }
-
-        // Our chains: same set and same contents?
-        var rebuilt: [String] = []
-        for chain in desiredChains {
-            let liveSpecs = liveTable?.rules(in: chain).map(\.spec)
-            if liveSpecs != desiredSpecs(chain) || !liveOurChains.contains(chain) { rebuilt.append(chain) }
-        }
-
-        // Built-in chains: our rules, in order, equal to the plan's?
-        var builtinNames: [String] = []
-        for op in ops {
-            if case .builtin = op.chain, !builtinNames.contains(op.chain.iptablesName) {
-                builtinNames.append(op.chain.iptablesName)
-            }
-        }
-        for rule in liveTable?.rules ?? [] where Ownership.builtinChains.contains(rule.chain) {
-            if !builtinNames.contains(rule.chain),
-                Ownership.isOurs(rule, table: table.rawValue, tableHasOurState: hasOurState)
-            {
-                builtinNames.append(rule.chain)
-            }
+    for t in TableComparison.all(live: live, desired: desired) {
+        let stale = t.liveOurChains.filter { !t.desiredChains.contains($0) }
+        let rebuilt = t.desiredChains.filter {
+            !t.liveOurChains.contains($0) || t.liveOurs($0).map(\.spec) != t.desiredSpecs($0)
         }
         var differingBuiltins: [String: [SavedRule]] = [:]
-        for chain in builtinNames {
-            let ours = (liveTable?.rules(in: chain) ?? []).filter {
-                Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState)
-            }
-            if ours.map(\.spec) != desiredSpecs(chain) { differingBuiltins[chain] = ours }
+        for chain in t.builtinChains where t.liveOurs(chain).map(\.spec) != t.desiredSpecs(chain) {
+            differingBuiltins[chain] = t.liveOurs(chain)
         }
-
         if rebuilt.isEmpty && stale.isEmpty && differingBuiltins.isEmpty { continue }
 
-        var lines = ["*\(table.rawValue)"]
-        for chain in desiredChains + stale { lines.append(":\(chain) - [0:0]") }
-        for chain in builtinNames {
+        var lines = ["*\(t.table.rawValue)"]
+        for chain in t.desiredChains + stale { lines.append(":\(chain) - [0:0]") }
+        for chain in t.builtinChains {
             for rule in differingBuiltins[chain] ?? [] { lines.append("-D \(chain) \(rule.spec)") }
         }
-        for op in ops {
+        for op in t.ops {
             if case .builtin = op.chain, differingBuiltins[op.chain.iptablesName] == nil { continue }
             lines += IptablesRestore.lines(op)
         }
@@ -140,16 +166,15 @@ public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange]
 
         var parts: [String] = []
         if !rebuilt.isEmpty { parts.append("wrote \(rebuilt.joined(separator: ", "))") }
-        for chain in builtinNames where differingBuiltins[chain] != nil {
-            let removed = differingBuiltins[chain]?.count ?? 0
-            let added = desiredSpecs(chain).count
-            parts.append("\(chain): -\(removed) +\(added) rules")
+        for chain in t.builtinChains {
+            guard let removed = differingBuiltins[chain] else { continue }
+            parts.append("\(chain): -\(removed.count) +\(t.desiredSpecs(chain).count) rules")
         }
         if !stale.isEmpty { parts.append("removed \(stale.joined(separator: ", "))") }
         changes.append(
             TableChange(
-                table: table.rawValue, block: lines.joined(separator: "\n") + "\n",
-                summary: "\(table.rawValue): " + parts.joined(separator: "; ")))
+                table: t.table.rawValue, block: lines.joined(separator: "\n") + "\n",
+                summary: "\(t.table.rawValue): " + parts.joined(separator: "; ")))
     }
     return changes
 }
@@ -158,33 +183,17 @@ public func reconcile(live: [SavedTable], desired: [Operation]) -> [TableChange]
 /// empty when they match. Order matters within a chain.
 public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [String] {
     var lines: [String] = []
-    let liveByName = Dictionary(live.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-    for table in Table.allCases {
-        let ops = desired.filter { $0.table == table }
-        let liveTable = liveByName[table.rawValue]
-        let hasOurState = liveTable.map(Ownership.hasOurState) ?? false
-        if ops.isEmpty && !hasOurState { continue }
-        let location = "\(family.rawValue) \(table.rawValue)"
-        let materialized = ChainLayout.materialize(ops)
-        var chains = materialized.map(\.chain.iptablesName)
-        for chain in IptablesRestore.ownChains(ops).map(\.iptablesName) where !chains.contains(chain) {
-            chains.append(chain)
-        }
-        for chain in liveTable?.chains ?? [] where Ownership.isOurChain(chain) && !chains.contains(chain) {
+    for t in TableComparison.all(live: live, desired: desired) {
+        let location = "\(family.rawValue) \(t.table.rawValue)"
+        for chain in t.liveOurChains where !t.desiredChains.contains(chain) {
             lines.append("extra chain in \(location): \(chain)")
         }
-        for chain in liveTable?.rules.map(\.chain) ?? [] where Ownership.builtinChains.contains(chain) {
-            if !chains.contains(chain) { chains.append(chain) }
-        }
-        for chain in chains {
-            let want = materialized.first { $0.chain.iptablesName == chain }?.rules.flatMap(SaveCanonical.specs) ?? []
-            let isBuiltin = Ownership.builtinChains.contains(chain)
-            if !isBuiltin && !(liveTable?.chains.contains(chain) ?? false) {
+        for chain in t.builtinChains + t.desiredChains {
+            let want = t.desiredSpecs(chain)
+            if !Ownership.builtinChains.contains(chain) && !t.liveOurChains.contains(chain) {
                 lines.append("missing chain in \(location): \(chain)")
             }
-            let have = (liveTable?.rules(in: chain) ?? []).filter {
-                !isBuiltin || Ownership.isOurs($0, table: table.rawValue, tableHasOurState: hasOurState)
-            }.map(\.spec)
+            let have = t.liveOurs(chain).map(\.spec)
             if have == want { continue }
             for spec in want where !have.contains(spec) {
                 lines.append("missing rule in \(location): -A \(chain) \(spec)")
@@ -192,7 +201,7 @@ public func drift(live: [SavedTable], desired: [Operation], family: Family) -> [
             for spec in have where !want.contains(spec) {
                 lines.append("extra rule in \(location): -A \(chain) \(spec)")
             }
-            if Set(have) == Set(want) { lines.append("rule order differs in \(location) \(chain)") }
+            if Set(have) == Set(want) { lines.append("rule order or count differs in \(location) \(chain)") }
         }
     }
     return lines

@@ -45,6 +45,13 @@ let package = Package(
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
         .testTarget(
+            name: "MeshCLITests",
+            dependencies: [
+                "meshinit", "MeshConfig",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
             name: "MeshIptablesTests",
             dependencies: ["MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshSystem"]
         ),

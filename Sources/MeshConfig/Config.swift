@@ -67,7 +67,7 @@ public struct CaptureConfig: Sendable, Hashable {
     public var ipv6 = false
     public var ownerGroups: OwnerGroupFilter = .allExcept([])
     /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: replaces every `127.0.0.1/32` of the v4 rules.
-    public var ipv4LoopbackCIDR: CIDR = CIDR("127.0.0.1/32")!
+    public var ipv4LoopbackCIDR = CIDR(host: IPAddress(ipv4: 0x7f00_0001))
 
     public init() {}
 }

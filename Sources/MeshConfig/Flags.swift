@@ -72,7 +72,37 @@ public enum IstioFlag: String, Sendable, Hashable, CaseIterable {
     public var environment: String? {
         switch self {
         case .envoyPort, .logOutputLevel, .logAsJSON, .ipv6, .resolvConf: nil
-        default: rawValue.uppercased().replacingDashes()
+        case .inboundCapturePort: "INBOUND_CAPTURE_PORT"
+        case .inboundTunnelPort: "INBOUND_TUNNEL_PORT"
+        case .proxyUID: "PROXY_UID"
+        case .proxyGID: "PROXY_GID"
+        case .interceptionMode: "ISTIO_INBOUND_INTERCEPTION_MODE"
+        case .inboundPorts: "ISTIO_INBOUND_PORTS"
+        case .localExcludePorts: "ISTIO_LOCAL_EXCLUDE_PORTS"
+        case .excludeInterfaces: "ISTIO_EXCLUDE_INTERFACES"
+        case .serviceCIDR: "ISTIO_SERVICE_CIDR"
+        case .serviceExcludeCIDR: "ISTIO_SERVICE_EXCLUDE_CIDR"
+        case .outboundPorts: "ISTIO_OUTBOUND_PORTS"
+        case .localOutboundPortsExclude: "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"
+        case .kubeVirtInterfaces: "KUBE_VIRT_INTERFACES"
+        case .tproxyMark: "ISTIO_INBOUND_TPROXY_MARK"
+        case .tproxyRouteTable: "ISTIO_INBOUND_TPROXY_ROUTE_TABLE"
+        case .dryRun: "DRY_RUN"
+        case .iptablesProbePort: "IPTABLES_PROBE_PORT"
+        case .probeTimeout: "PROBE_TIMEOUT"
+        case .skipRuleApply: "SKIP_RULE_APPLY"
+        case .runValidation: "RUN_VALIDATION"
+        case .redirectDNS: "REDIRECT_DNS"
+        case .dropInvalid: "DROP_INVALID"
+        case .dualStack: "DUAL_STACK"
+        case .captureAllDNS: "CAPTURE_ALL_DNS"
+        case .networkNamespace: "NETWORK_NAMESPACE"
+        case .cniMode: "CNI_MODE"
+        case .reconcile: "RECONCILE"
+        case .cleanupOnly: "CLEANUP_ONLY"
+        case .forceApply: "FORCE_APPLY"
+        case .nativeNftables: "NATIVE_NFTABLES"
+        case .forceIptablesBinary: "FORCE_IPTABLES_BINARY"
         }
     }
 
@@ -120,9 +150,11 @@ public enum IstioFlag: String, Sendable, Hashable, CaseIterable {
     }
 
     /// Looks a flag up by its long name.
-    public init?(long: some StringProtocol) {
+    public init?(long: Substring) {
         self.init(rawValue: String(long))
     }
+
+    public init?(long: String) { self.init(rawValue: long) }
 
     /// Looks a flag up by its one-letter name.
     public init?(short: Character) {
@@ -145,11 +177,5 @@ public enum EnvironmentKnob: String, Sendable, CaseIterable {
         case .ipv4LoopbackCIDR: "127.0.0.1/32"
         case .envoyUser: "istio-proxy"
         }
-    }
-}
-
-extension String {
-    fileprivate func replacingDashes() -> String {
-        String(map { $0 == "-" ? "_" : $0 })
     }
 }

@@ -64,25 +64,25 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no brackets). Strict:
     /// IPv4 needs exactly four decimal octets without leading zeros.
-    public init?(_ text: some StringProtocol) {
-        if text.contains(":") {
-            guard let v = Self.parseIPv6(Substring(text)) else { return nil }
+    public init?(_ text: Substring) {
+        if text.utf8.contains(UInt8(ascii: ":")) {
+            guard let v = Self.parseIPv6(text) else { return nil }
             self.init(ipv6: v.0, v.1)
         } else {
-            guard let v = Self.parseIPv4(Substring(text)) else { return nil }
+            guard let v = Self.parseIPv4(text) else { return nil }
             self.init(ipv4: v)
         }
     }
+
+    public init?(_ text: String) { self.init(text[...]) }
 
     static func parseIPv4(_ text: Substring) -> UInt32? {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }
         var value: UInt32 = 0
         for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                part.count == 1 || part.first != "0", let octet = UInt32(part), octet <= 255
-            else { return nil }
-            value = value << 8 | octet
+            guard let octet = parseDecimal(part, maxDigits: 3), octet <= 255 else { return nil }
+            value = value << 8 | UInt32(octet)
         }
         return value
     }
@@ -176,15 +176,14 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `ADDR/LEN` strictly (Go's `netip.ParsePrefix` rules: the length is required,
     /// decimal, without leading zeros, and at most the address width).
-    public init?(_ text: some StringProtocol) {
+    public init?(_ text: Substring) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let address = IPAddress(parts[0]),
-            !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-            parts[1].count == 1 || parts[1].first != "0",
-            let length = Int(parts[1])
+        guard parts.count == 2, let address = IPAddress(parts[0]), let length = parseDecimal(parts[1], maxDigits: 3)
         else { return nil }
         self.init(address: address, prefixLength: length)
     }
+
+    public init?(_ text: String) { self.init(text[...]) }
 
     /// A single-host prefix (`/32` or `/128`).
     public init(host address: IPAddress) {

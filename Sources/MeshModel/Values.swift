@@ -8,10 +8,12 @@ public struct Port: Sendable, Hashable, Comparable, CustomStringConvertible {
     }
 
     /// Strict decimal parse: digits only, no sign, no leading zeros.
-    public init?(parsing text: some StringProtocol) {
+    public init?(parsing text: Substring) {
         guard let n = parseDecimal(text, maxDigits: 5) else { return nil }
         self.init(n)
     }
+
+    public init?(parsing text: String) { self.init(parsing: text[...]) }
 
     public var description: String { String(value) }
     public static func < (a: Port, b: Port) -> Bool { a.value < b.value }
@@ -34,7 +36,7 @@ public struct PortRange: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Parses `P` or `A-B` with A < B.
-    public init?(parsing text: some StringProtocol) {
+    public init?(parsing text: Substring) {
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         if parts.count == 1, let p = Port(parsing: parts[0]) {
             self.init(p)
@@ -44,6 +46,8 @@ public struct PortRange: Sendable, Hashable, CustomStringConvertible {
             return nil
         }
     }
+
+    public init?(parsing text: String) { self.init(parsing: text[...]) }
 
     public var isSingle: Bool { first == last }
     /// `80` or `8000-8010` (nft and meshinit's own spelling).
@@ -59,10 +63,11 @@ public struct NumericID: Sendable, Hashable, CustomStringConvertible {
         guard value < UInt64(UInt32.max) else { return nil }
         self.value = UInt32(value)
     }
-    public init?(parsing text: some StringProtocol) {
+    public init?(parsing text: Substring) {
         guard let n = parseDecimal(text, maxDigits: 10) else { return nil }
         self.init(UInt64(n))
     }
+    public init?(parsing text: String) { self.init(parsing: text[...]) }
     public var description: String { String(value) }
 }
 
@@ -70,10 +75,11 @@ public struct NumericID: Sendable, Hashable, CustomStringConvertible {
 public struct Mark: Sendable, Hashable, CustomStringConvertible {
     public let value: UInt32
     public init(_ value: UInt32) { self.value = value }
-    public init?(parsing text: some StringProtocol) {
+    public init?(parsing text: Substring) {
         guard let n = parseDecimal(text, maxDigits: 10), n <= Int(UInt32.max) else { return nil }
         value = UInt32(n)
     }
+    public init?(parsing text: String) { self.init(parsing: text[...]) }
     public var description: String { String(value) }
 }
 
@@ -84,7 +90,7 @@ public struct Mark: Sendable, Hashable, CustomStringConvertible {
 public struct InterfaceName: Sendable, Hashable, CustomStringConvertible {
     public let name: String
 
-    public init?(_ text: some StringProtocol) {
+    public init?(_ text: Substring) {
         let bytes = Array(text.utf8)
         guard !bytes.isEmpty, bytes.count <= 15, text != ".", text != "..", bytes[0] != UInt8(ascii: "-")
         else { return nil }
@@ -97,6 +103,8 @@ public struct InterfaceName: Sendable, Hashable, CustomStringConvertible {
         }
         name = String(text)
     }
+
+    public init?(_ text: String) { self.init(text[...]) }
 
     public static let loopback = InterfaceName("lo")!
     public var description: String { name }
@@ -116,9 +124,18 @@ public enum ConntrackState: String, Sendable, Hashable, CaseIterable {
 }
 
 /// Parses a non-negative decimal without sign or leading zeros ("0" itself is allowed).
-public func parseDecimal(_ text: some StringProtocol, maxDigits: Int) -> Int? {
-    guard !text.isEmpty, text.count <= maxDigits, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-        text.count == 1 || text.first != "0"
+public func parseDecimal(_ text: String, maxDigits: Int) -> Int? { parseDecimal(text[...], maxDigits: maxDigits) }
+
+/// Parses a non-negative decimal without sign or leading zeros ("0" itself is allowed).
+public func parseDecimal(_ text: Substring, maxDigits: Int) -> Int? {
+    // On UTF-8 bytes: Character-level checks cost Unicode lookups on the start-up path.
+    let bytes = text.utf8
+    guard !bytes.isEmpty, bytes.count <= maxDigits, bytes.count == 1 || bytes.first != UInt8(ascii: "0")
     else { return nil }
-    return Int(text)
+    var value = 0
+    for b in bytes {
+        guard b >= 0x30 && b <= 0x39 else { return nil }
+        value = value * 10 + Int(b - 0x30)
+    }
+    return value
 }

@@ -100,11 +100,14 @@ final class BatchWriter {
         sequence &+= 1
     }
 
-    /// `add table inet NAME` (NEWTABLE, a no-op when it exists).
-    func addTable(_ name: String) throws(NetlinkError) {
+    /// `add table inet NAME` (NEWTABLE, a no-op when it exists), or with `exclusive`
+    /// `create table inet NAME` (fails with EEXIST when it exists).
+    func addTable(_ name: String, exclusive: Bool = false) throws(NetlinkError) {
         let table = try NftnlTable(name: name)
         nftnl_table_set_u32(table.raw, attr(NFTNL_TABLE_FLAGS), 0)
-        try message(NFT_MSG_NEWTABLE, flags: NLM_F_CREATE, subject: "add table inet \(name)") {
+        let flags = exclusive ? NLM_F_CREATE | NLM_F_EXCL : NLM_F_CREATE
+        let verb = exclusive ? "create" : "add"
+        try message(NFT_MSG_NEWTABLE, flags: flags, subject: "\(verb) table inet \(name)") {
             nftnl_table_nlmsg_build_payload($0, table.raw)
         }
     }

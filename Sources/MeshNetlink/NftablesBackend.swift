@@ -1,6 +1,10 @@
 import MeshModel
 import MeshRender
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The native nftables backend: installs, removes and verifies meshinit's `inet` tables
 /// (`istio-proxy-nat`, `-mangle`, `-raw`) through netlink, without the `nft` binary.
 ///
@@ -31,8 +35,31 @@ public final class NftablesBackend {
     /// - Throws: `NetlinkError`; for a refused message, `.kernel` with the object as nft
     ///   text and the errno, e.g. `add rule inet istio-proxy-nat output counter jump x:
     ///   No such file or directory (ENOENT)`.
-    public func apply(_ plan: Plan) throws(NetlinkError) {
-        try send(try NftBatchBuilder.applyBatch(plan))
+    ///
+    /// The kernel's state is read first (one table dump; the rules too when our tables
+    /// exist): when it already holds exactly the plan nothing is sent, and otherwise the batch
+    /// deletes only what exists (see `NftBatchBuilder.applyBatch(_:existing:)`).
+    ///
+    /// - Returns: whether anything was changed.
+    @discardableResult
+    public func apply(_ plan: Plan) throws(NetlinkError) -> Bool {
+        var reader = RulesetReader(transport: transport)
+        let owned = NftBatchBuilder.ownedTables.map(\.nftTableName)
+        let present = try reader.tableNames(among: owned)
+        if !present.isEmpty {
+            var live: [TableSnapshot] = []
+            for name in present { live.append(try reader.readTable(name)) }
+            let expected = try NftablesBackend.expectedSnapshot(plan)
+            if RulesetDiff.differences(expected: expected, actual: live).isEmpty { return false }
+        }
+        do {
+            try send(try NftBatchBuilder.applyBatch(plan, existing: Set(present)))
+        } catch  where NftablesBackend.isTableRace(error) {
+            // Another writer created or deleted one of our tables since the dump: replace
+            // without assumptions.
+            try send(try NftBatchBuilder.applyBatch(plan))
+        }
+        return true
     }
 
     /// Deletes all of meshinit's tables in one transaction. Idempotent; other tables are
@@ -40,7 +67,20 @@ public final class NftablesBackend {
     ///
     /// - Throws: `NetlinkError` as for `apply`.
     public func clean() throws(NetlinkError) {
-        try send(try NftBatchBuilder.cleanBatch())
+        var reader = RulesetReader(transport: transport)
+        let present = try reader.tableNames(among: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        guard !present.isEmpty else { return }
+        do {
+            try send(try NftBatchBuilder.cleanBatch(existing: Set(present)))
+        } catch  where NftablesBackend.isTableRace(error) {
+            try send(try NftBatchBuilder.cleanBatch())
+        }
+    }
+
+    /// A table message refused because the table appeared or vanished after our dump.
+    static func isTableRace(_ error: NetlinkError) -> Bool {
+        (error.errno == EEXIST && error.subject.hasPrefix("create table"))
+            || (error.errno == ENOENT && error.subject.hasPrefix("delete table"))
     }
 
     /// The names of meshinit's tables present in the kernel (for reports).
@@ -48,7 +88,7 @@ public final class NftablesBackend {
     /// - Throws: `NetlinkError` when the state cannot be read.
     public func installedTables() throws(NetlinkError) -> [String] {
         var reader = RulesetReader(transport: transport)
-        return try reader.read(tables: NftBatchBuilder.ownedTables.map(\.nftTableName)).map(\.name)
+        return try reader.tableNames(among: NftBatchBuilder.ownedTables.map(\.nftTableName))
     }
 
     /// Compares the kernel's state of our tables with `plan`.

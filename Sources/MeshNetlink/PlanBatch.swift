@@ -17,33 +17,56 @@ public enum NftBatchBuilder {
     /// when there is none). Every message carries `NLM_F_ACK`.
     ///
     /// - Throws: `NetlinkError` (`.messageTooLarge`, `.allocation`) naming the object.
+    ///
+    /// With `existing` (the owned tables the kernel holds, read just before), the batch only
+    /// deletes what exists: a table that is absent is created with `create table` (EEXIST if
+    /// another writer made it meanwhile: the caller then retries without `existing`), and an
+    /// absent table the plan does not use is left alone. Deleting nothing matters: every
+    /// deleted object makes the kernel wait an RCU grace period (≈10 ms) when the socket closes.
     public static func applyBatch(
-        _ plan: Plan, firstSequence: UInt32 = defaultFirstSequence
+        _ plan: Plan, existing: Set<String>? = nil, firstSequence: UInt32 = defaultFirstSequence
     ) throws(NetlinkError) -> Batch {
-        try applyWriter(plan, firstSequence: firstSequence).finish()
+        try applyWriter(plan, existing: existing, firstSequence: firstSequence).finish()
     }
 
     /// `applyBatch` before `finish()`, so tests can append to it.
-    static func applyWriter(_ plan: Plan, firstSequence: UInt32) throws(NetlinkError) -> BatchWriter {
+    static func applyWriter(_ plan: Plan, existing: Set<String>? = nil, firstSequence: UInt32) throws(NetlinkError)
+        -> BatchWriter
+    {
         let layouts = NftLayout.tables(of: plan)
         let writer = BatchWriter(firstSequence: firstSequence)
         for table in ownedTables {
             let name = table.nftTableName
-            try writer.addTable(name)
-            try writer.deleteTable(name)
-            guard let layout = layouts.first(where: { $0.table == table }) else { continue }
-            try writer.addTable(name)
-            try addContents(layout, to: writer)
+            let layout = layouts.first { $0.table == table }
+            switch (existing.map { $0.contains(name) }, layout) {
+            case (false?, nil):
+                continue
+            case (false?, let layout?):
+                try writer.addTable(name, exclusive: true)
+                try addContents(layout, to: writer)
+            case (true?, nil):
+                try writer.deleteTable(name)
+            case (_, let layout):
+                try writer.addTable(name)
+                try writer.deleteTable(name)
+                guard let layout else { continue }
+                try writer.addTable(name)
+                try addContents(layout, to: writer)
+            }
         }
         return writer
     }
 
-    /// One transaction deleting all of meshinit's tables (`add table` + `delete table` for
-    /// each, so it succeeds whether or not they exist). Foreign tables are not touched.
-    public static func cleanBatch(firstSequence: UInt32 = defaultFirstSequence) throws(NetlinkError) -> Batch {
+    /// One transaction deleting meshinit's tables: without `existing`, `add table` +
+    /// `delete table` for each (it succeeds whether or not they exist); with it, `delete
+    /// table` for those only. Foreign tables are not touched.
+    public static func cleanBatch(existing: Set<String>? = nil, firstSequence: UInt32 = defaultFirstSequence)
+        throws(NetlinkError) -> Batch
+    {
         let writer = BatchWriter(firstSequence: firstSequence)
         for table in ownedTables {
-            try writer.addTable(table.nftTableName)
+            if let existing, !existing.contains(table.nftTableName) { continue }
+            if existing == nil { try writer.addTable(table.nftTableName) }
             try writer.deleteTable(table.nftTableName)
         }
         return writer.finish()

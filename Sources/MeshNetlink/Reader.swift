@@ -30,12 +30,7 @@ struct RulesetReader {
 
     /// The owned tables that exist, with their chains and rules.
     mutating func read(tables names: [String]) throws(NetlinkError) -> [TableSnapshot] {
-        var present: [String] = []
-        for reply in try dump(NFT_MSG_GETTABLE, { _ in }) {
-            let table = try NftnlTable()
-            try parse("table", reply) { nftnl_table_nlmsg_parse($0, table.raw) }
-            if table.family == UInt32(NFPROTO_INET) && names.contains(table.name) { present.append(table.name) }
-        }
+        let present = try tableNames(among: names)
         var out: [TableSnapshot] = []
         for name in names where present.contains(name) {
             out.append(try readTable(name))
@@ -43,7 +38,18 @@ struct RulesetReader {
         return out
     }
 
-    private mutating func readTable(_ name: String) throws(NetlinkError) -> TableSnapshot {
+    /// Which of `names` exist as `inet` tables (one GETTABLE dump).
+    mutating func tableNames(among names: [String]) throws(NetlinkError) -> [String] {
+        var present: [String] = []
+        for reply in try dump(NFT_MSG_GETTABLE, { _ in }) {
+            let table = try NftnlTable()
+            try parse("table", reply) { nftnl_table_nlmsg_parse($0, table.raw) }
+            if table.family == UInt32(NFPROTO_INET) && names.contains(table.name) { present.append(table.name) }
+        }
+        return names.filter(present.contains)
+    }
+
+    mutating func readTable(_ name: String) throws(NetlinkError) -> TableSnapshot {
         // Sets first: lookups name them, and the text shows their elements.
         let setQuery = try NftnlSet()
         nftnl_set_set_str(setQuery.raw, attr(NFTNL_SET_TABLE), name)

@@ -10,9 +10,9 @@ public enum Planner {
     /// istio-agent's DNS listener.
     public static let dnsListenerPort = Port(15053)!
     static let dnsPort = PortRange(Port(53)!)
-    static let passthroughV4 = CIDR("127.0.0.6/32")!
-    static let passthroughV6 = CIDR("::6/128")!
-    static let loopbackV6 = CIDR("::1/128")!
+    static let passthroughV4 = CIDR(host: IPAddress(ipv4: 0x7f00_0006))
+    static let passthroughV6 = CIDR(host: IPAddress(ipv6: 0, 6))
+    static let loopbackV6 = CIDR(host: IPAddress(ipv6: 0, 1))
     /// Lists longer than this (CIDRs of one family, ports) become one rule with a list: nft
     /// matches it with a single set lookup, so per-packet cost stays flat; iptables expands
     /// it back into Istio's one-rule-per-item. Shorter lists stay one rule per item, exactly

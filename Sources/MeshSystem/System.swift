@@ -104,16 +104,14 @@ public struct LiveSystem: SystemLookup {
     }
 }
 
-/// The process environment as a dictionary (from `environ`, no Foundation).
-public func processEnvironment() -> [String: String] {
+/// The environment variables meshinit reads (Istio's flag variables and aliases, the
+/// env-only knobs, PATH), looked up one by one: cheaper at start-up than copying `environ`.
+public func meshinitEnvironment() -> [String: String] {
+    var names = IstioFlag.allCases.flatMap { [$0.environment, $0.aliasEnvironment].compactMap { $0 } }
+    names += EnvironmentKnob.allCases.map(\.rawValue) + ["PATH"]
     var env: [String: String] = [:]
-    var cursor = environ
-    while let entry = cursor.pointee {
-        let text = String(cString: entry)
-        if let eq = text.firstIndex(of: "=") {
-            env[String(text[..<eq])] = String(text[text.index(after: eq)...])
-        }
-        cursor += 1
+    for name in names {
+        if let value = getenv(name) { env[name] = String(cString: value) }
     }
     return env
 }

@@ -48,8 +48,11 @@ struct Meshinit: ParsableCommand {
 /// network namespace is named, it is entered first, so that everything after (interface
 /// detection, rules, routes) happens inside it.
 func resolveSettings(_ options: IstioOptions, enterNamespace: Bool = true) throws -> Settings {
-    let environment = processEnvironment()
-    let given = options.given
+    try resolveSettings(given: options.given, enterNamespace: enterNamespace)
+}
+
+func resolveSettings(given: [IstioFlag: String], enterNamespace: Bool = true) throws -> Settings {
+    let environment = meshinitEnvironment()
     do {
         if enterNamespace, let netns = try ConfigResolver.networkNamespace(flags: given, environment: environment) {
             do {
@@ -77,7 +80,7 @@ struct Context {
     init(_ settings: Settings) {
         self.settings = settings
         log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
-        runner = SpawnRunner(environment: processEnvironment())
+        runner = SpawnRunner(environment: meshinitEnvironment())
     }
 
     var iptables: IptablesBackend {
@@ -197,56 +200,62 @@ struct Install: ParsableCommand {
 
     @OptionGroup var options: IstioOptions
 
-    func run() throws {
-        let settings = try resolveSettings(options)
-        let plan = Planner.plan(settings.capture)
-        if settings.run.dryRun && !settings.run.cleanupOnly {
-            printWarnings(settings)
-            // Dry-run prints exactly what would be applied to a clean namespace, per backend.
-            if settings.run.nativeNftables {
-                writeStandardOutput(NftScript.render(plan))
-            } else {
-                for family in plan.families {
-                    writeStandardOutput("# \(family.rawValue)\n" + IptablesRestore.render(plan, family: family))
-                }
+    func run() throws { try install(given: options.given) }
+}
+
+/// The install command's work, from flags as text (the fast path and the full CLI meet here).
+func install(given: [IstioFlag: String]) throws {
+    let settings = try resolveSettings(given: given)
+    let plan = Planner.plan(settings.capture)
+    if settings.run.dryRun && !settings.run.cleanupOnly {
+        printWarnings(settings)
+        // Dry-run prints exactly what would be applied to a clean namespace, per backend.
+        if settings.run.nativeNftables {
+            writeStandardOutput(NftScript.render(plan))
+        } else {
+            for family in plan.families {
+                writeStandardOutput("# \(family.rawValue)\n" + IptablesRestore.render(plan, family: family))
             }
-            return
         }
-        let context = Context(settings)
-        context.logConfig()
-        if settings.run.cleanupOnly {
-            _ = try cleanEverything(context)
-            return
-        }
-        if !settings.run.skipRuleApply {
-            do {
-                if context.usesNetlink {
-                    try context.netlink().apply(plan)
+        return
+    }
+    let context = Context(settings)
+    context.logConfig()
+    if settings.run.cleanupOnly {
+        _ = try cleanEverything(context)
+        return
+    }
+    if !settings.run.skipRuleApply {
+        do {
+            if context.usesNetlink {
+                if try context.netlink().apply(plan) {
                     let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
                     context.log.info("nftables: installed \(tables) in one transaction")
                 } else {
-                    let changes = try context.iptables.apply(plan)
-                    for change in changes { context.log.info("changed: \(change)") }
+                    context.log.info("nftables: rules already installed, nothing to do")
                 }
-                try context.routing.install(route: plan.tproxyRoute, families: plan.families)
-            } catch let error as IptablesError {
-                throw failure(error)
-            } catch let error as NetlinkError {
-                throw failure(error)
-            } catch let error as PolicyRouting.Failure {
-                throw failure(error)
+            } else {
+                let changes = try context.iptables.apply(plan)
+                for change in changes { context.log.info("changed: \(change)") }
             }
+            try context.routing.install(route: plan.tproxyRoute, families: plan.families)
+        } catch let error as IptablesError {
+            throw failure(error)
+        } catch let error as NetlinkError {
+            throw failure(error)
+        } catch let error as PolicyRouting.Failure {
+            throw failure(error)
         }
-        if settings.run.runValidation {
-            let probe = RedirectProbe(
-                listenPorts: [settings.capture.proxyPort, settings.capture.inboundCapturePort],
-                probePort: settings.run.probePort, timeoutMilliseconds: settings.run.probeTimeoutMilliseconds)
-            do {
-                try probe.run()
-                context.log.info("validation passed: connections to 127.0.0.6:\(settings.run.probePort) are redirected")
-            } catch {
-                throw CommandFailure(status: .validation, message: error.message)
-            }
+    }
+    if settings.run.runValidation {
+        let probe = RedirectProbe(
+            listenPorts: [settings.capture.proxyPort, settings.capture.inboundCapturePort],
+            probePort: settings.run.probePort, timeoutMilliseconds: settings.run.probeTimeoutMilliseconds)
+        do {
+            try probe.run()
+            context.log.info("validation passed: connections to 127.0.0.6:\(settings.run.probePort) are redirected")
+        } catch {
+            throw CommandFailure(status: .validation, message: error.message)
         }
     }
 }

@@ -31,12 +31,12 @@ func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String
                         message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)")
                             .description)
                 }
-                out.append(bool ? "--\(name)" : "--no-\(name)")
+                out.append(bool ? "--\(name)" : inversion(flag))
                 continue
             }
-            if IstioFlag(long: name) != nil {
+            if IstioFlag(long: name) != nil, arg.index(after: eq) == arg.endIndex {
                 // `--istio-inbound-ports=` (an empty value) is valid for pflag.
-                out += ["--\(name)", String(arg[arg.index(after: eq)...])]
+                out += ["--\(name)", ""]
                 continue
             }
         } else if arg.count > 2, arg.hasPrefix("-"), !arg.hasPrefix("--"),
@@ -51,9 +51,10 @@ func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String
                         message: ConfigError(.flag(flag), value, "expected a boolean (true/false, 1/0, t/f)")
                             .description)
                 }
-                out.append(bool ? "-\(short)" : "--no-\(flag.rawValue)")
+                out.append(bool ? "-\(short)" : inversion(flag))
             } else {
-                out += ["-\(short)", value]
+                // `-p=V` as `--envoy-port=V`, which keeps a value such as `--` bound to its flag.
+                out += value.isEmpty ? ["--\(flag.rawValue)", ""] : ["--\(flag.rawValue)=\(value)"]
             }
             continue
         }
@@ -62,9 +63,19 @@ func normalizeArguments(_ arguments: [String]) throws(CommandFailure) -> [String
     return out
 }
 
+/// swift-argument-parser's `.prefixedNo` spelling: `--no-redirect-dns`, `--no_log_as_json`.
+func inversion(_ flag: IstioFlag) -> String {
+    flag.rawValue.contains("_") ? "--no_\(flag.rawValue)" : "--no-\(flag.rawValue)"
+}
+
 func runMain() -> Int32 {
     let arguments = Array(CommandLine.arguments.dropFirst())
     do {
+        // The init container's path: Istio's flags only, parsed without the CLI framework.
+        if let given = FastArguments.parse(arguments) {
+            try install(given: given)
+            return ExitStatus.ok.rawValue
+        }
         var command = try Meshinit.parseAsRoot(try normalizeArguments(arguments))
         try command.run()
         return ExitStatus.ok.rawValue

@@ -30,19 +30,31 @@ struct BackendTests {
         let fake = FakeTransport()
         let plan = try Conformance.plan(Conformance.seedArgs)
         try NftablesBackend(transport: fake).apply(plan)
-        #expect(fake.committed == [try NftBatchBuilder.applyBatch(plan)])
+        // The fake kernel holds none of our tables: create them, delete nothing.
+        #expect(fake.committed == [try NftBatchBuilder.applyBatch(plan, existing: [])])
+    }
+
+    @Test("a table created by someone else since the dump: retried as a full replace")
+    func tableRace() throws {
+        let fake = FakeTransport()
+        fake.failures = [NetlinkError(.kernel, "create table inet istio-proxy-nat", errno: EEXIST)]
+        let plan = try Conformance.plan(Conformance.seedArgs)
+        try NftablesBackend(transport: fake).apply(plan)
+        #expect(fake.committed.count == 2)
+        #expect(fake.committed.last == (try NftBatchBuilder.applyBatch(plan)))
     }
 
     @Test("a transient kernel error is retried, at most maxAttempts times")
     func retry() throws {
         let fake = FakeTransport()
         fake.failures = [Self.busy, Self.busy]
-        try NftablesBackend(transport: fake, maxAttempts: 3).clean()
+        let plan = try Conformance.plan([])
+        try NftablesBackend(transport: fake, maxAttempts: 3).apply(plan)
         #expect(fake.committed.count == 3)
 
         let failing = FakeTransport()
         failing.failures = [Self.busy, Self.busy, Self.busy, Self.busy]
-        #expect(throws: Self.busy) { try NftablesBackend(transport: failing, maxAttempts: 3).clean() }
+        #expect(throws: Self.busy) { try NftablesBackend(transport: failing, maxAttempts: 3).apply(plan) }
         #expect(failing.committed.count == 3)
     }
 

@@ -11,9 +11,29 @@ public enum FastArguments {
     public static func parse(_ arguments: [String]) -> [IstioFlag: String]? {
         var rest = arguments[...]
         if rest.first == "istio-iptables" { rest = rest.dropFirst() }
+        var extra: [String: String] = [:]
+        return parseFlags(rest, options: [], into: &extra)
+    }
+
+    /// `meshinit plan [--format F] [--family X] FLAGS` (the operators' path, fast for long
+    /// lists too): the plan options as given (the CLI validates them) and the flags.
+    public static func parsePlan(_ arguments: [String]) -> (options: [String: String], flags: [IstioFlag: String])? {
+        guard arguments.first == "plan" else { return nil }
+        var options: [String: String] = [:]
+        guard let flags = parseFlags(arguments.dropFirst(), options: ["format", "family"], into: &options) else {
+            return nil
+        }
+        return (options, flags)
+    }
+
+    /// Istio flags, plus the long `options` (values only) collected into `extra`.
+    static func parseFlags(
+        _ arguments: ArraySlice<String>, options: Set<String>, into extra: inout [String: String]
+    ) -> [IstioFlag: String]? {
+        var rest = arguments
         var flags: [IstioFlag: String] = [:]
         while let arg = rest.popFirst() {
-            guard arg.hasPrefix("-"), arg.count >= 2, arg != "--" else { return nil }
+            guard arg.hasPrefix("-"), arg.utf8.count >= 2, arg != "--" else { return nil }
             let flag: IstioFlag
             var inline: String?
             if arg.hasPrefix("--") {
@@ -21,6 +41,16 @@ public enum FastArguments {
                 if let eq = name.firstIndex(of: "=") {
                     inline = String(name[name.index(after: eq)...])
                     name = name[..<eq]
+                }
+                if options.contains(String(name)) {
+                    if let inline {
+                        guard !inline.isEmpty else { return nil }
+                        extra[String(name)] = inline
+                    } else {
+                        guard let value = rest.popFirst(), !value.hasPrefix("-") else { return nil }
+                        extra[String(name)] = value
+                    }
+                    continue
                 }
                 // (`--no-x` inversions are the full CLI's spelling: left to it.)
                 guard let found = IstioFlag(long: name) else { return nil }
@@ -45,7 +75,7 @@ public enum FastArguments {
             } else if let inline {
                 flags[flag] = inline
             } else {
-                guard let value = rest.popFirst(), !(value.hasPrefix("-") && value.count > 1) else { return nil }
+                guard let value = rest.popFirst(), !(value.hasPrefix("-") && value.utf8.count > 1) else { return nil }
                 flags[flag] = value
             }
         }

@@ -77,14 +77,30 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
     public init?(_ text: String) { self.init(text[...]) }
 
     static func parseIPv4(_ text: Substring) -> UInt32? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
+        // Bytes, not Characters: lists of thousands of CIDRs are parsed at start-up.
         var value: UInt32 = 0
-        for part in parts {
-            guard let octet = parseDecimal(part, maxDigits: 3), octet <= 255 else { return nil }
-            value = value << 8 | UInt32(octet)
+        var octet: UInt32 = 0
+        var digits = 0
+        var dots = 0
+        var leadingZero = false
+        for b in text.utf8 {
+            if b == UInt8(ascii: ".") {
+                guard digits > 0, dots < 3 else { return nil }
+                value = value << 8 | octet
+                (octet, digits, leadingZero) = (0, 0, false)
+                dots += 1
+            } else if b >= 0x30 && b <= 0x39 {
+                guard !leadingZero, digits < 3 else { return nil }
+                if digits == 0 && b == 0x30 { leadingZero = true }
+                octet = octet * 10 + UInt32(b - 0x30)
+                digits += 1
+                guard octet <= 255 else { return nil }
+            } else {
+                return nil
+            }
         }
-        return value
+        guard dots == 3, digits > 0 else { return nil }
+        return value << 8 | octet
     }
 
     static func parseIPv6(_ text: Substring) -> (UInt64, UInt64)? {
@@ -126,10 +142,35 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         return (high, low)
     }
 
+    /// Writes `a.b.c.d` (and `/n` when given) as ASCII into `buffer`, returning the count
+    /// (at most 18). The hot path of rendering long lists: no intermediate strings.
+    static func writeDottedQuad(_ v: UInt32, prefix: Int?, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        var n = 0
+        func put(_ b: UInt8) {
+            buffer[n] = b
+            n += 1
+        }
+        for shift in [24, 16, 8, 0] as [UInt32] {
+            let octet = UInt8(truncatingIfNeeded: v >> shift)
+            if octet >= 100 { put(0x30 + octet / 100) }
+            if octet >= 10 { put(0x30 + octet / 10 % 10) }
+            put(0x30 + octet % 10)
+            if shift != 0 { put(UInt8(ascii: ".")) }
+        }
+        if let prefix {
+            put(UInt8(ascii: "/"))
+            if prefix >= 10 { put(0x30 + UInt8(prefix / 10)) }
+            put(0x30 + UInt8(prefix % 10))
+        }
+        return n
+    }
+
     /// Canonical text: dotted quad, or RFC 5952 IPv6 (lower case, longest zero run as `::`).
     public var description: String {
         if family == .ipv4 {
-            return bytes.map(String.init).joined(separator: ".")
+            return String(unsafeUninitializedCapacity: 15) {
+                Self.writeDottedQuad(UInt32(truncatingIfNeeded: low), prefix: nil, into: $0)
+            }
         }
         if high == 0, low >> 32 == 0xffff {
             // IPv4-mapped: mixed notation (RFC 5952 section 5), as Go's netip prints it.
@@ -177,13 +218,115 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     /// Parses `ADDR/LEN` strictly (Go's `netip.ParsePrefix` rules: the length is required,
     /// decimal, without leading zeros, and at most the address width).
     public init?(_ text: Substring) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let address = IPAddress(parts[0]), let length = parseDecimal(parts[1], maxDigits: 3)
+        guard let slash = text.utf8.firstIndex(of: UInt8(ascii: "/")),
+            let address = IPAddress(text[..<slash]),
+            let length = parseDecimal(text[text.utf8.index(after: slash)...], maxDigits: 3)
         else { return nil }
         self.init(address: address, prefixLength: length)
     }
 
     public init?(_ text: String) { self.init(text[...]) }
+
+    /// Appends the canonical text to `bytes` (IPv4 without an intermediate string).
+    public func append(to bytes: inout [UInt8]) {
+        guard address.family == .ipv4 else {
+            bytes.append(contentsOf: description.utf8)
+            return
+        }
+        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes ≥ 18
+        withUnsafeMutableBytes(of: &scratch) { raw in
+            let buffer = raw.bindMemory(to: UInt8.self)
+            let n = IPAddress.writeDottedQuad(
+                UInt32(truncatingIfNeeded: address.low), prefix: prefixLength, into: buffer)
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[0..<n]))
+        }
+    }
+
+    /// `a, b, c` (any separator) in one buffer: for sets of thousands of prefixes.
+    public static func joined(_ list: [CIDR], separator: String) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(list.count * (19 + separator.utf8.count))
+        for (i, cidr) in list.enumerated() {
+            if i > 0 { bytes.append(contentsOf: separator.utf8) }
+            cidr.append(to: &bytes)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Parses a comma-separated list (empty items dropped, as Istio does) in one pass over
+    /// the bytes; IPv4 items without building substrings. Returns the first bad item instead
+    /// when there is one.
+    public static func parseList(_ text: String) -> Result<[CIDR], BadItem> {
+        var out: [CIDR] = []
+        var bad: String?
+        var copy = text
+        copy.withUTF8 { buffer in
+            var start = 0
+            var index = 0
+            func item(_ range: Range<Int>) -> Bool {
+                guard !range.isEmpty else { return true }
+                let slice = UnsafeBufferPointer(rebasing: buffer[range])
+                if let cidr = parseIPv4CIDR(slice) ?? CIDR(String(decoding: slice, as: UTF8.self)) {
+                    out.append(cidr)
+                    return true
+                }
+                bad = String(decoding: slice, as: UTF8.self)
+                return false
+            }
+            while index < buffer.count {
+                if buffer[index] == UInt8(ascii: ",") {
+                    guard item(start..<index) else { return }
+                    start = index + 1
+                }
+                index += 1
+            }
+            _ = item(start..<buffer.count)
+        }
+        if let bad { return .failure(BadItem(text: bad)) }
+        return .success(out)
+    }
+
+    /// An item of a list that is not a CIDR.
+    public struct BadItem: Error, Sendable, Hashable {
+        public var text: String
+    }
+
+    /// `a.b.c.d/n` from bytes, or nil (anything else, including IPv6, goes the general way).
+    static func parseIPv4CIDR(_ bytes: UnsafeBufferPointer<UInt8>) -> CIDR? {
+        guard let slash = bytes.firstIndex(of: UInt8(ascii: "/")), slash + 1 < bytes.count,
+            bytes.count - slash - 1 <= 2
+        else { return nil }
+        var value: UInt32 = 0
+        var octet: UInt32 = 0
+        var digits = 0
+        var dots = 0
+        for i in 0..<slash {
+            let b = bytes[i]
+            if b == UInt8(ascii: ".") {
+                guard digits > 0, dots < 3 else { return nil }
+                value = value << 8 | octet
+                (octet, digits) = (0, 0)
+                dots += 1
+            } else if b >= 0x30 && b <= 0x39 {
+                guard digits < 3, !(digits == 1 && octet == 0) else { return nil }
+                octet = octet * 10 + UInt32(b - 0x30)
+                digits += 1
+                guard octet <= 255 else { return nil }
+            } else {
+                return nil
+            }
+        }
+        guard dots == 3, digits > 0 else { return nil }
+        var length = 0
+        for i in (slash + 1)..<bytes.count {
+            let b = bytes[i]
+            guard b >= 0x30 && b <= 0x39, !(i == slash + 1 && b == 0x30 && bytes.count - slash - 1 > 1) else {
+                return nil
+            }
+            length = length * 10 + Int(b - 0x30)
+        }
+        return CIDR(address: IPAddress(ipv4: value << 8 | octet), prefixLength: length)
+    }
 
     /// A single-host prefix (`/32` or `/128`).
     public init(host address: IPAddress) {
@@ -192,7 +335,12 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var family: Family { address.family }
-    public var description: String { "\(address)/\(prefixLength)" }
+    public var description: String {
+        guard address.family == .ipv4 else { return "\(address)/\(prefixLength)" }
+        return String(unsafeUninitializedCapacity: 18) {
+            IPAddress.writeDottedQuad(UInt32(truncatingIfNeeded: address.low), prefix: prefixLength, into: $0)
+        }
+    }
 
     /// The prefix with host bits cleared (what the kernel stores).
     public var network: IPAddress {

@@ -14,20 +14,52 @@ public enum IptablesRestore {
 
     /// The payload for a list of operations (all of one family).
     public static func render(_ operations: [Operation]) -> String {
-        var out = ""
+        var out: [UInt8] = []
         for table in Table.allCases {
             let ops = operations.filter { $0.table == table }
             guard !ops.isEmpty else { continue }
-            out += "*\(table.rawValue)\n"
+            out.append(contentsOf: "*\(table.rawValue)\n".utf8)
             for chain in ownChains(ops) {
-                out += ":\(chain.iptablesName) - [0:0]\n"
+                out.append(contentsOf: ":\(chain.iptablesName) - [0:0]\n".utf8)
             }
-            for op in ops {
-                for line in lines(op) { out += line + "\n" }
-            }
-            out += "COMMIT\n"
+            for op in ops { append(op, to: &out) }
+            out.append(contentsOf: "COMMIT\n".utf8)
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The lines of `op`, each with its newline, onto `out`. A long CIDR list is rendered
+    /// once around its first address and every address spliced in (10,000 lines cost about
+    /// as much as copying them).
+    static func append(_ op: Operation, to out: inout [UInt8]) {
+        guard case .append = op.placement,
+            let index = op.rule.matches.firstIndex(where: {
+                if case .destinations = $0 { return true } else { return false }
+            }), case .destinations(let list) = op.rule.matches[index], let first = list.first
+        else {
+            for line in lines(op) {
+                out.append(contentsOf: line.utf8)
+                out.append(UInt8(ascii: "\n"))
+            }
+            return
+        }
+        var template = op.rule
+        template.matches[index] = .destination(first, negated: false)
+        let text = Array((["-A \(op.chain.iptablesName)"] + arguments(template)).joined(separator: " ").utf8)
+        let marker = Array(" -d \(first) ".utf8)
+        guard let range = text.firstRange(of: marker) else {
+            out.append(contentsOf: text)
+            out.append(UInt8(ascii: "\n"))
+            return
+        }
+        let head = text[..<range.lowerBound] + Array(" -d ".utf8)
+        let tail = [UInt8(ascii: " ")] + text[range.upperBound...] + [UInt8(ascii: "\n")]
+        out.reserveCapacity(out.count + list.count * (head.count + 19 + tail.count))
+        for cidr in list {
+            out.append(contentsOf: head)
+            cidr.append(to: &out)
+            out.append(contentsOf: tail)
+        }
     }
 
     /// Our chains used by `operations` (as the chain written to, or as a jump target), in

@@ -50,7 +50,7 @@ public enum NftScript {
                 parts.append("\(cidr.family.nftKeyword) daddr \(negated ? "!= " : "")\(cidr)")
             case .destinations(let list):
                 let family = list.first?.family ?? .ipv4
-                parts.append("\(family.nftKeyword) daddr { \(list.map(\.description).joined(separator: ", ")) }")
+                parts.append("\(family.nftKeyword) daddr { \(CIDR.joined(list, separator: ", ")) }")
             case .l4proto(let p, _): parts.append("meta l4proto \(p.rawValue)")
             case .destinationPorts(let p, let ranges, let negated):
                 parts.append("\(p.rawValue) dport \(negated ? "!= " : "")\(portsText(ranges))")

@@ -42,6 +42,27 @@ import Testing
         #expect(fast == Self.viaArgumentParser(argv), "\(argv)")
     }
 
+    @Test(
+        "plan's fast path agrees with the CLI",
+        arguments: [
+            ["plan"], ["plan", "--format", "nft", "-i", "*"], ["plan", "--format=json", "--ipv6=off", "-x", ""],
+            ["plan", "--family", "ipv4", "--format", "iptables-restore"] + seed,
+        ])
+    func planAgrees(argv: [String]) throws {
+        let fast = try #require(FastArguments.parsePlan(argv), "fast path declined \(argv)")
+        let command = try #require(try Meshinit.parseAsRoot(normalizeArguments(argv)) as? PlanCommand)
+        #expect(fast.flags == command.options.given)
+        #expect((fast.options["format"] ?? "iptables-restore") == command.format.rawValue)
+        #expect((fast.options["family"] ?? "all") == command.family.rawValue)
+    }
+
+    @Test(
+        "plan options it cannot take go to the full CLI",
+        arguments: [["plan", "--format"], ["plan", "--format", "--family"], ["plan", "--format="], ["plan", "-h"]])
+    func planDeclines(argv: [String]) {
+        #expect(FastArguments.parsePlan(argv) == nil)
+    }
+
     static let declined: [[String]] = [
         ["plan", "--format", "nft"], ["clean"], ["verify"], ["install", "-p", "1"], ["--help"], ["-h"], ["--version"],
         ["--unknown"], ["-Z", "1"], ["-p"], ["-p", "--envoy-port"], ["-x", "-1"], ["positional"], ["--", "-p", "1"],

@@ -40,7 +40,7 @@ let package = Package(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "CMeshShims", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),

@@ -83,6 +83,13 @@ public final class NftablesBackend {
             || (error.errno == ENOENT && error.subject.hasPrefix("delete table"))
     }
 
+    /// Chains named `ISTIO_*` in the kernel's `ip`/`ip6` tables (iptables-nft's rules), as
+    /// "ip nat ISTIO_OUTPUT": what the iptables backend installed, seen without its binaries.
+    public func iptablesNftChains() throws(NetlinkError) -> [String] {
+        var reader = RulesetReader(transport: transport)
+        return try reader.xtablesChains(prefix: "ISTIO_")
+    }
+
     /// The names of meshinit's tables present in the kernel (for reports).
     ///
     /// - Throws: `NetlinkError` when the state cannot be read.

@@ -92,8 +92,26 @@ struct RulesetReader {
         return TableSnapshot(name: name, chains: chains)
     }
 
+    /// Chains of the `ip`/`ip6` tables (where iptables-nft keeps its rules) whose name
+    /// starts with `prefix`, as "ip nat ISTIO_OUTPUT".
+    mutating func xtablesChains(prefix: String) throws(NetlinkError) -> [String] {
+        var out: [String] = []
+        for reply in try dump(NFT_MSG_GETCHAIN, family: UInt16(NFPROTO_UNSPEC), { _ in }) {
+            let chain = try NftnlChain()
+            try parse("chain", reply) { nftnl_chain_nlmsg_parse($0, chain.raw) }
+            let family: String? =
+                switch chain.family {
+                case UInt32(NFPROTO_IPV4): "ip"
+                case UInt32(NFPROTO_IPV6): "ip6"
+                default: nil
+                }
+            if let family, chain.name.hasPrefix(prefix) { out.append("\(family) \(chain.table) \(chain.name)") }
+        }
+        return out
+    }
+
     private mutating func dump(
-        _ type: nf_tables_msg_types, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void
+        _ type: nf_tables_msg_types, family: UInt16 = familyInet, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void
     ) throws(NetlinkError) -> [[UInt8]] {
         sequence &+= 1
         var buffer = [CChar](repeating: 0, count: 4096)
@@ -101,7 +119,7 @@ struct RulesetReader {
             guard
                 let base = chars.baseAddress,
                 let header = nftnl_nlmsg_build_hdr(
-                    base, messageType(type), familyInet, UInt16(NLM_F_DUMP | NLM_F_REQUEST), sequence)
+                    base, messageType(type), family, UInt16(NLM_F_DUMP | NLM_F_REQUEST), sequence)
             else { return [] }
             payload(header)
             return Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(header), count: Int(header.pointee.nlmsg_len)))

@@ -120,11 +120,10 @@ struct Context {
         return PolicyRouting(log: { log.info($0) })
     }
 
-    func logConfig() {
+    func logConfig(backend: String) {
         let c = settings.capture
-        let r = settings.run
         log.info(
-            "meshinit \(meshinitVersion): proxy port \(c.proxyPort), inbound \(c.inboundCapturePort), tunnel \(c.inboundTunnelPort), uids \(c.proxyUIDs.map(\.description).joined(separator: ",")), gids \(c.proxyGIDs.map(\.description).joined(separator: ",")), mode \(c.interceptionMode.rawValue), ipv6 \(c.ipv6), dns \(c.dns.map { "\($0)" } ?? "off"), backend \(r.nativeNftables ? "nftables (netlink)" : "iptables-restore")"
+            "meshinit \(meshinitVersion): proxy port \(c.proxyPort), inbound \(c.inboundCapturePort), tunnel \(c.inboundTunnelPort), uids \(c.proxyUIDs.map(\.description).joined(separator: ",")), gids \(c.proxyGIDs.map(\.description).joined(separator: ",")), mode \(c.interceptionMode.rawValue), ipv6 \(c.ipv6), dns \(c.dns.map { "\($0)" } ?? "off"), backend \(backend)"
         )
         for warning in settings.warnings { log.warn(warning) }
     }
@@ -181,7 +180,16 @@ func cleanEverything(_ context: Context) throws -> [String] {
         let before = try nl.installedTables()
         try nl.clean()
         removed += before.map { "nft table inet \($0)" }
-    } catch {
+        // iptables-nft rules of ours that no iptables binary here could remove: say so.
+        let left = try nl.iptablesNftChains()
+        if !left.isEmpty {
+            throw CommandFailure(
+                status: .unavailable,
+                message:
+                    "iptables rules of ours remain (\(left.joined(separator: ", "))) and no iptables-restore is available to remove them; run meshinit clean where iptables is installed"
+            )
+        }
+    } catch let error as NetlinkError {
         // A kernel without nf_tables cannot hold our tables: nothing to clean there.
         if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
     }
@@ -220,14 +228,16 @@ func install(given: [IstioFlag: String]) throws {
         return
     }
     let context = Context(settings)
-    context.logConfig()
+    let netlink = !settings.run.cleanupOnly && !settings.run.skipRuleApply && context.usesNetlink
+    context.logConfig(
+        backend: netlink ? "nftables (netlink)" : settings.run.cleanupOnly ? "cleanup" : "iptables-restore")
     if settings.run.cleanupOnly {
         _ = try cleanEverything(context)
         return
     }
     if !settings.run.skipRuleApply {
         do {
-            if context.usesNetlink {
+            if netlink {
                 if try context.netlink().apply(plan) {
                     let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
                     context.log.info("nftables: installed \(tables) in one transaction")
@@ -369,29 +379,33 @@ struct PlanCommand: ParsableCommand {
     var family: FamilyChoice = .all
     @OptionGroup var options: IstioOptions
 
-    func run() throws {
-        let settings = try resolveSettings(options, enterNamespace: false)
-        printWarnings(settings)
-        let plan = Planner.plan(settings.capture)
-        switch format {
-        case .iptablesRestore:
-            switch family {
-            case .ipv4: writeStandardOutput(IptablesRestore.render(plan, family: .ipv4))
-            case .ipv6: writeStandardOutput(IptablesRestore.render(plan, family: .ipv6))
-            case .all:
-                for f in plan.families {
-                    writeStandardOutput("# \(f.rawValue)\n" + IptablesRestore.render(plan, family: f))
-                }
+    func run() throws { try printPlan(format: format, family: family, given: options.given) }
+
+}
+
+/// `plan`: the rules for these flags, in one format; changes nothing.
+func printPlan(format: PlanFormat, family: FamilyChoice, given: [IstioFlag: String]) throws {
+    let settings = try resolveSettings(given: given, enterNamespace: false)
+    printWarnings(settings)
+    let plan = Planner.plan(settings.capture)
+    switch format {
+    case .iptablesRestore:
+        switch family {
+        case .ipv4: writeStandardOutput(IptablesRestore.render(plan, family: .ipv4))
+        case .ipv6: writeStandardOutput(IptablesRestore.render(plan, family: .ipv6))
+        case .all:
+            for f in plan.families {
+                writeStandardOutput("# \(f.rawValue)\n" + IptablesRestore.render(plan, family: f))
             }
-        case .nft, .json:
-            guard family == .all else {
-                throw CommandFailure(
-                    status: .usage,
-                    message:
-                        "invalid value \"\(family.rawValue)\" for --family: only --format iptables-restore is per family"
-                )
-            }
-            writeStandardOutput(format == .nft ? NftScript.render(plan) : PlanJSON.render(plan))
         }
+    case .nft, .json:
+        guard family == .all else {
+            throw CommandFailure(
+                status: .usage,
+                message:
+                    "invalid value \"\(family.rawValue)\" for --family: only --format iptables-restore is per family"
+            )
+        }
+        writeStandardOutput(format == .nft ? NftScript.render(plan) : PlanJSON.render(plan))
     }
 }

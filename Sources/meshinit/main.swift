@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMeshShims
 import MeshConfig
 import MeshSystem
 
@@ -69,11 +70,25 @@ func inversion(_ flag: IstioFlag) -> String {
 }
 
 func runMain() -> Int32 {
-    let arguments = Array(CommandLine.arguments.dropFirst())
+    // From the ELF constructor, not CommandLine.arguments: without /proc (a bare chroot) the
+    // latter is empty, and an install with no flags would apply Istio's defaults.
+    let count = Int(cmesh_argc())
+    guard count >= 1, let argv = cmesh_argv() else {
+        writeStandardError("meshinit: cannot read the command line\n")
+        return ExitStatus.unavailable.rawValue
+    }
+    let arguments = (1..<count).map { String(cString: argv[$0]!) }
     do {
         // The init container's path: Istio's flags only, parsed without the CLI framework.
         if let given = FastArguments.parse(arguments) {
             try install(given: given)
+            return ExitStatus.ok.rawValue
+        }
+        if let (options, given) = FastArguments.parsePlan(arguments),
+            let format = PlanFormat(rawValue: options["format"] ?? PlanFormat.iptablesRestore.rawValue),
+            let family = FamilyChoice(rawValue: options["family"] ?? FamilyChoice.all.rawValue)
+        {
+            try printPlan(format: format, family: family, given: given)
             return ExitStatus.ok.rawValue
         }
         var command = try Meshinit.parseAsRoot(try normalizeArguments(arguments))

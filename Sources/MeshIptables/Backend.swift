@@ -41,11 +41,17 @@ public struct IptablesBackend {
     public var log: (String) -> Void
     /// Reads /proc/net/ip{,6}_tables_names; injectable for tests.
     public var legacyTablesLoaded: (Family) -> Bool
+    /// Whether the kernel holds any table of this variant and family (nil: unknown). When it
+    /// holds none, there is nothing to save: a fresh namespace costs one restore per family.
+    public var hasTables: (IptablesTools.Variant, Family) -> Bool?
 
     public init(
         runner: any CommandRunner, forced: IptablesVariant?, lockWait: Int = 30,
-        legacyTablesLoaded: @escaping (Family) -> Bool, log: @escaping (String) -> Void
+        legacyTablesLoaded: @escaping (Family) -> Bool,
+        hasTables: @escaping (IptablesTools.Variant, Family) -> Bool? = { _, _ in nil },
+        log: @escaping (String) -> Void
     ) {
+        self.hasTables = hasTables
         self.runner = runner
         self.forced = forced
         self.lockWait = lockWait
@@ -94,7 +100,8 @@ public struct IptablesBackend {
         for family in plan.families {
             let tools = try tools(for: family)
             log("\(family.rawValue): using \(tools.restore) (\(tools.variant.rawValue))")
-            let live = try save(tools)
+            // Nothing of this variant in the kernel yet: the live state is known to be empty.
+            let live = hasTables(tools.variant, family) == false ? [] : try save(tools)
             let changes = reconcile(live: live, desired: plan.operations(for: family))
             if changes.isEmpty {
                 log("\(family.rawValue): rules already installed, nothing to do")

@@ -1,3 +1,4 @@
+import CNftnl
 import MeshModel
 import MeshRender
 
@@ -81,6 +82,13 @@ public final class NftablesBackend {
     static func isTableRace(_ error: NetlinkError) -> Bool {
         (error.errno == EEXIST && error.subject.hasPrefix("create table"))
             || (error.errno == ENOENT && error.subject.hasPrefix("delete table"))
+    }
+
+    /// Whether any `ip` (or, with `ipv6`, `ip6`) table exists: where iptables-nft keeps its
+    /// rules. None means there is nothing to read back before a first install.
+    public func hasIptablesNftTables(ipv6: Bool) throws(NetlinkError) -> Bool {
+        var reader = RulesetReader(transport: transport)
+        return try reader.hasTables(family: UInt16(ipv6 ? NFPROTO_IPV6 : NFPROTO_IPV4))
     }
 
     /// Chains named `ISTIO_*` in the kernel's `ip`/`ip6` tables (iptables-nft's rules), as

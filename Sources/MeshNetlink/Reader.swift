@@ -92,6 +92,11 @@ struct RulesetReader {
         return TableSnapshot(name: name, chains: chains)
     }
 
+    /// Whether the kernel holds any table of `family` (an NFPROTO_* value).
+    mutating func hasTables(family: UInt16) throws(NetlinkError) -> Bool {
+        !(try dump(NFT_MSG_GETTABLE, family: family, { _ in })).isEmpty
+    }
+
     /// Chains of the `ip`/`ip6` tables (where iptables-nft keeps its rules) whose name
     /// starts with `prefix`, as "ip nat ISTIO_OUTPUT".
     mutating func xtablesChains(prefix: String) throws(NetlinkError) -> [String] {

@@ -87,9 +87,16 @@ struct Context {
         let log = self.log
         return IptablesBackend(
             runner: runner, forced: settings.run.forceIptablesVariant,
-            legacyTablesLoaded: { family in
-                let file = family == .ipv4 ? "/proc/net/ip_tables_names" : "/proc/net/ip6_tables_names"
-                return !(LiveSystem().readFile(file) ?? "").isEmpty
+            legacyTablesLoaded: legacyTablesLoaded,
+            hasTables: { variant, family in
+                switch variant {
+                case .legacy: return legacyTablesLoaded(family)
+                case .nft:
+                    // One netlink dump instead of an iptables-nft-save process.
+                    guard let socket = try? NetfilterSocket() else { return nil }
+                    return try? NftablesBackend(transport: socket).hasIptablesNftTables(ipv6: family == .ipv6)
+                case .plain: return nil
+                }
             },
             log: { log.info($0) })
     }
@@ -127,6 +134,12 @@ struct Context {
         )
         for warning in settings.warnings { log.warn(warning) }
     }
+}
+
+/// Whether this namespace has legacy xtables tables (`/proc/net/ip{,6}_tables_names`).
+func legacyTablesLoaded(_ family: Family) -> Bool {
+    let file = family == .ipv4 ? "/proc/net/ip_tables_names" : "/proc/net/ip6_tables_names"
+    return !(LiveSystem().readFile(file) ?? "").isEmpty
 }
 
 /// Maps backend errors to exit statuses.

@@ -15,8 +15,29 @@ public struct Batch: Sendable, Hashable {
     public struct Message: Sendable, Hashable {
         /// The netlink sequence number (the kernel echoes it in the ack).
         public var sequence: UInt32
-        /// The object as nft text, e.g. `add rule inet istio-proxy-nat output counter jump istio-output`.
-        public var subject: String
+        let label: Label
+
+        /// The object as nft text, e.g. `add rule inet istio-proxy-nat output counter jump istio-output`
+        /// (rendered on demand: it is only needed for a message, and costs more than the bytes).
+        public var subject: String {
+            switch label {
+            case .text(let text): text
+            case .rule(let prefix, let rule): prefix + NftScript.statement(rule)
+            }
+        }
+    }
+
+    /// A message's subject: text, or a rule whose nft text is rendered when asked for.
+    enum Label: Sendable, Hashable {
+        case text(String)
+        case rule(prefix: String, Rule)
+
+        func prefixed(_ words: String) -> Label {
+            switch self {
+            case .text(let text): .text(words + text)
+            case .rule(let prefix, let rule): .rule(prefix: words + prefix, rule)
+            }
+        }
     }
 
     /// The wire bytes.
@@ -84,19 +105,19 @@ final class BatchWriter {
 
     /// Builds one message with `payload` filling in the attributes.
     private func message(
-        _ type: nf_tables_msg_types, flags: Int32, subject: String,
+        _ type: nf_tables_msg_types, flags: Int32, subject: Batch.Label,
         _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void
     ) throws(NetlinkError) {
         guard
             let header = nftnl_nlmsg_build_hdr(
                 scratch, messageType(type), familyInet, UInt16(flags | NLM_F_ACK), sequence)
-        else { throw NetlinkError(.allocation, subject) }
+        else { throw NetlinkError(.allocation, Batch.Message(sequence: sequence, label: subject).subject) }
         payload(header)
         guard Int(header.pointee.nlmsg_len) <= BatchWriter.messageLimit else {
-            throw NetlinkError(.messageTooLarge, subject)
+            throw NetlinkError(.messageTooLarge, Batch.Message(sequence: sequence, label: subject).subject)
         }
         append(header)
-        messages.append(Batch.Message(sequence: sequence, subject: subject))
+        messages.append(Batch.Message(sequence: sequence, label: subject))
         sequence &+= 1
     }
 
@@ -107,7 +128,7 @@ final class BatchWriter {
         nftnl_table_set_u32(table.raw, attr(NFTNL_TABLE_FLAGS), 0)
         let flags = exclusive ? NLM_F_CREATE | NLM_F_EXCL : NLM_F_CREATE
         let verb = exclusive ? "create" : "add"
-        try message(NFT_MSG_NEWTABLE, flags: flags, subject: "\(verb) table inet \(name)") {
+        try message(NFT_MSG_NEWTABLE, flags: flags, subject: .text("\(verb) table inet \(name)")) {
             nftnl_table_nlmsg_build_payload($0, table.raw)
         }
     }
@@ -115,7 +136,7 @@ final class BatchWriter {
     /// `delete table inet NAME` (DELTABLE: the table, its chains, rules and sets).
     func deleteTable(_ name: String) throws(NetlinkError) {
         let table = try NftnlTable(name: name)
-        try message(NFT_MSG_DELTABLE, flags: 0, subject: "delete table inet \(name)") {
+        try message(NFT_MSG_DELTABLE, flags: 0, subject: .text("delete table inet \(name)")) {
             nftnl_table_nlmsg_build_payload($0, table.raw)
         }
     }
@@ -129,7 +150,7 @@ final class BatchWriter {
             nftnl_chain_set_str(chain.raw, attr(NFTNL_CHAIN_TYPE), base.type)
             subject += " { type \(base.type) hook \(base.hook.rawValue) priority \(base.priority) ; }"
         }
-        try message(NFT_MSG_NEWCHAIN, flags: NLM_F_CREATE, subject: subject) { header in
+        try message(NFT_MSG_NEWCHAIN, flags: NLM_F_CREATE, subject: .text(subject)) { header in
             nftnl_chain_nlmsg_build_payload(header, chain.raw)
             guard let base else { return }
             // nft appends the hook nest itself, after the type (libnftnl would put it before):
@@ -144,7 +165,20 @@ final class BatchWriter {
     /// `add rule inet TABLE CHAIN …`: first the rule's anonymous sets (NEWSET, then
     /// NEWSETELEM in chunks), then NEWRULE with `NLM_F_APPEND`.
     func addRule(table: String, chain: String, compiled: CompiledRule, text: String) throws(NetlinkError) {
-        let subject = "add rule inet \(table) \(chain) \(text)"
+        try addRule(
+            table: table, chain: chain, compiled: compiled, label: .text("add rule inet \(table) \(chain) \(text)"))
+    }
+
+    /// `add rule inet TABLE CHAIN <rule>`; the nft text is rendered only if asked for.
+    func addRule(table: String, chain: String, compiled: CompiledRule, rule: Rule) throws(NetlinkError) {
+        try addRule(
+            table: table, chain: chain, compiled: compiled,
+            label: .rule(prefix: "add rule inet \(table) \(chain) ", rule))
+    }
+
+    private func addRule(table: String, chain: String, compiled: CompiledRule, label subject: Batch.Label)
+        throws(NetlinkError)
+    {
         var setIDs: [UInt32] = []
         for set in compiled.sets {
             let id = nextSetID
@@ -158,7 +192,9 @@ final class BatchWriter {
         }
     }
 
-    private func addAnonymousSet(_ set: AnonymousSet, id: UInt32, table: String, subject: String) throws(NetlinkError) {
+    private func addAnonymousSet(_ set: AnonymousSet, id: UInt32, table: String, subject: Batch.Label)
+        throws(NetlinkError)
+    {
         let header = try NftnlSet()
         let s = header.raw
         nftnl_set_set_str(s, attr(NFTNL_SET_TABLE), table)
@@ -174,7 +210,7 @@ final class BatchWriter {
         set.userData.withUnsafeBytes {
             _ = nftnl_set_set_data(s, attr(NFTNL_SET_USERDATA), $0.baseAddress, UInt32($0.count))
         }
-        try message(NFT_MSG_NEWSET, flags: NLM_F_CREATE, subject: "add anonymous set for: \(subject)") {
+        try message(NFT_MSG_NEWSET, flags: NLM_F_CREATE, subject: subject.prefixed("add anonymous set for: ")) {
             nftnl_set_nlmsg_build_payload($0, s)
         }
         var start = 0
@@ -184,7 +220,7 @@ final class BatchWriter {
             // in that order (libnftnl would write name, id, table).
             let elements = try NftnlSet()
             for element in chunk { try elements.addElement(key: element.key, flags: element.flags) }
-            try message(NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, subject: "add set elements for: \(subject)") {
+            try message(NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, subject: subject.prefixed("add set elements for: ")) {
                 mnl_attr_put_strz($0, UInt16(NFTA_SET_ELEM_LIST_TABLE.rawValue), table)
                 mnl_attr_put_strz($0, UInt16(NFTA_SET_ELEM_LIST_SET.rawValue), "__set%d")
                 mnl_attr_put_u32($0, UInt16(NFTA_SET_ELEM_LIST_SET_ID.rawValue), id.bigEndian)

@@ -279,26 +279,58 @@ enum RuleCompiler {
         let width = family == .ipv4 ? 4 : 16
         // nft makes every address set an interval set, even of single hosts (which it merges).
         var elements: [AnonymousSet.Element] = []
-        // [first, last] as big-endian byte arrays (comparable lexicographically).
-        var ranges: [([UInt8], [UInt8])] = cidrs.map { cidr in
-            let first = cidr.network.bytes
-            let last = zip(first, cidr.maskBytes).map { $0 | ~$1 }
-            return (first, last)
-        }
-        ranges.sort { $0.0.lexicographicallyPrecedes($1.0) }
-        var merged: [([UInt8], [UInt8])] = []
-        for r in ranges {
-            if let last = merged.last, !last.1.lexicographicallyPrecedes(r.0) || increment(last.1) == r.0 {
-                if last.1.lexicographicallyPrecedes(r.1) { merged[merged.count - 1].1 = r.1 }
-            } else {
-                merged.append(r)
+        if family == .ipv4 {
+            // 32-bit arithmetic: sets of 10,000 prefixes are built at start-up.
+            var ranges: [(UInt64, UInt64)] = cidrs.map { cidr in
+                let first = UInt64(UInt32(truncatingIfNeeded: cidr.network.low))
+                return (first, first + (UInt64(1) << UInt64(32 - cidr.prefixLength)) - 1)
             }
-        }
-        let zero = [UInt8](repeating: 0, count: width)
-        if merged.first?.0 != zero { elements.append(.init(key: zero, flags: NftConstant.elementIntervalEnd)) }
-        for (first, last) in merged {
-            elements.append(.init(key: first, flags: 0))
-            if let next = increment(last) { elements.append(.init(key: next, flags: NftConstant.elementIntervalEnd)) }
+            ranges.sort { $0.0 < $1.0 }
+            var merged: [(UInt64, UInt64)] = []
+            merged.reserveCapacity(ranges.count)
+            for r in ranges {
+                if let last = merged.last, r.0 <= last.1 + 1 {
+                    merged[merged.count - 1].1 = max(last.1, r.1)
+                } else {
+                    merged.append(r)
+                }
+            }
+            func key(_ v: UInt64) -> [UInt8] {
+                let x = UInt32(truncatingIfNeeded: v)
+                return [UInt8(x >> 24), UInt8(x >> 16 & 0xff), UInt8(x >> 8 & 0xff), UInt8(x & 0xff)]
+            }
+            elements.reserveCapacity(merged.count * 2 + 1)
+            if merged.first?.0 != 0 { elements.append(.init(key: key(0), flags: NftConstant.elementIntervalEnd)) }
+            for (first, last) in merged {
+                elements.append(.init(key: key(first), flags: 0))
+                if last < 0xffff_ffff {
+                    elements.append(.init(key: key(last + 1), flags: NftConstant.elementIntervalEnd))
+                }
+            }
+        } else {
+            // [first, last] as big-endian byte arrays (comparable lexicographically).
+            var ranges: [([UInt8], [UInt8])] = cidrs.map { cidr in
+                let first = cidr.network.bytes
+                let last = zip(first, cidr.maskBytes).map { $0 | ~$1 }
+                return (first, last)
+            }
+            ranges.sort { $0.0.lexicographicallyPrecedes($1.0) }
+            var merged: [([UInt8], [UInt8])] = []
+            for r in ranges {
+                if let last = merged.last, !last.1.lexicographicallyPrecedes(r.0) || increment(last.1) == r.0 {
+                    if last.1.lexicographicallyPrecedes(r.1) { merged[merged.count - 1].1 = r.1 }
+                } else {
+                    merged.append(r)
+                }
+            }
+            let zero = [UInt8](repeating: 0, count: width)
+            if merged.first?.0 != zero { elements.append(.init(key: zero, flags: NftConstant.elementIntervalEnd)) }
+            for (first, last) in merged {
+                elements.append(.init(key: first, flags: 0))
+                if let next = increment(last) {
+                    elements.append(.init(key: next, flags: NftConstant.elementIntervalEnd))
+                }
+            }
         }
         // udata: KEYBYTEORDER big endian; MERGE_ELEMENTS for intervals; KEY_TYPEOF
         // { payload, { desc ip (12) / ip6 (13), field daddr (12 / 9) } }.

@@ -81,8 +81,7 @@ public enum NftBatchBuilder {
         for chain in layout.chains {
             for rule in chain.rules {
                 try writer.addRule(
-                    table: name, chain: chain.chain.nftName, compiled: RuleCompiler.compile(rule),
-                    text: NftScript.statement(rule))
+                    table: name, chain: chain.chain.nftName, compiled: RuleCompiler.compile(rule), rule: rule)
             }
         }
     }

@@ -483,6 +483,46 @@ def network_namespace_flag(r, t):
 
 
 @scenario
+def verify_detects_drift(r, t):
+    """verify: exit 0 on the installed plan; exit 3 naming the rule once one of ours is gone."""
+    args = SEED + ["--ipv6=off"]
+    r.meshinit(t, args)
+    p = subprocess.run([IP, "netns", "exec", t.pod, r.binary, "verify"] + r.flags(args), capture_output=True,
+                       text=True, timeout=60)
+    if p.returncode != 0:
+        raise Failure("verify after install exited %d: %s" % (p.returncode, (p.stdout + p.stderr)[-400:]))
+    if r.backend == "nft":
+        listing = t.ns(t.pod, ["nft", "-a", "list", "chain", "inet", "istio-proxy-nat", "istio-output"]).stdout
+        handle = [l for l in listing.splitlines() if "ip daddr 127.0.0.1 counter" in l and "return" in l]
+        if not handle:
+            raise Failure("rule to delete not found:\n" + listing)
+        t.ns(t.pod, ["nft", "delete", "rule", "inet", "istio-proxy-nat", "istio-output", "handle",
+                     handle[0].rsplit(" ", 1)[1]])
+        want = "missing rule: add rule inet istio-proxy-nat istio-output ip daddr 127.0.0.1/32 counter return"
+    else:
+        v = "" if r.variant == "auto" else "-" + r.variant
+        t.ns(t.pod, ["iptables%s" % v, "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"])
+        want = "missing rule in ipv4 nat: -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"
+    p = subprocess.run([IP, "netns", "exec", t.pod, r.binary, "verify"] + r.flags(args), capture_output=True,
+                       text=True, timeout=60)
+    if p.returncode != 3 or want not in p.stdout:
+        raise Failure("verify after deleting a rule: exit %d, output %r (want 3 and %r)" % (p.returncode, p.stdout, want))
+
+
+@scenario
+def no_binaries_needed(r, t):
+    """The netlink path runs with nft and iptables* absent from PATH."""
+    r.meshinit(t, SEED + ["--ipv6=on"], env={"PATH": "/nonexistent"})
+    tables = [l for l in t.ns(t.pod, ["nft", "list", "tables"]).stdout.splitlines() if l.strip()]
+    if not tables or len(tables) > 3 or any("istio-proxy-" not in l for l in tables):
+        raise Failure("want 1-3 istio-proxy-* tables, got %r" % tables)
+    expect(t.connect("10.200.0.1", 80), "proxy 15001 orig 10.200.0.1:80", "captured")
+
+
+no_binaries_needed.only_backend = "nft"
+
+
+@scenario
 def validation_probe(r, t):
     # The probe listens on the proxy ports itself (Envoy is not running yet when Istio's
     # istio-validation container runs), so use namespaces without our test servers.
@@ -572,6 +612,8 @@ def main():
     passed = failed = 0
     for fn in SCENARIOS:
         if a.only and fn.__name__ not in a.only:
+            continue
+        if getattr(fn, "only_backend", a.backend) != a.backend:
             continue
         start = time.time()
         try:

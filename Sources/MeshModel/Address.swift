@@ -77,21 +77,25 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
     public init?(_ text: String) { self.init(text[...]) }
 
     static func parseIPv4(_ text: Substring) -> UInt32? {
-        // Bytes, not Characters: lists of thousands of CIDRs are parsed at start-up.
+        var text = text
+        return text.withUTF8 { parseDottedQuad($0) }
+    }
+
+    /// Four decimal octets without leading zeros, from bytes (no Characters, no substrings:
+    /// lists of thousands of CIDRs are parsed at start-up).
+    static func parseDottedQuad(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt32? {
         var value: UInt32 = 0
         var octet: UInt32 = 0
         var digits = 0
         var dots = 0
-        var leadingZero = false
-        for b in text.utf8 {
+        for b in bytes {
             if b == UInt8(ascii: ".") {
                 guard digits > 0, dots < 3 else { return nil }
                 value = value << 8 | octet
-                (octet, digits, leadingZero) = (0, 0, false)
+                (octet, digits) = (0, 0)
                 dots += 1
             } else if b >= 0x30 && b <= 0x39 {
-                guard !leadingZero, digits < 3 else { return nil }
-                if digits == 0 && b == 0x30 { leadingZero = true }
+                guard digits < 3, !(digits == 1 && octet == 0) else { return nil }
                 octet = octet * 10 + UInt32(b - 0x30)
                 digits += 1
                 guard octet <= 255 else { return nil }
@@ -294,29 +298,9 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     /// `a.b.c.d/n` from bytes, or nil (anything else, including IPv6, goes the general way).
     static func parseIPv4CIDR(_ bytes: UnsafeBufferPointer<UInt8>) -> CIDR? {
         guard let slash = bytes.firstIndex(of: UInt8(ascii: "/")), slash + 1 < bytes.count,
-            bytes.count - slash - 1 <= 2
+            bytes.count - slash - 1 <= 2,
+            let address = IPAddress.parseDottedQuad(UnsafeBufferPointer(rebasing: bytes[..<slash]))
         else { return nil }
-        var value: UInt32 = 0
-        var octet: UInt32 = 0
-        var digits = 0
-        var dots = 0
-        for i in 0..<slash {
-            let b = bytes[i]
-            if b == UInt8(ascii: ".") {
-                guard digits > 0, dots < 3 else { return nil }
-                value = value << 8 | octet
-                (octet, digits) = (0, 0)
-                dots += 1
-            } else if b >= 0x30 && b <= 0x39 {
-                guard digits < 3, !(digits == 1 && octet == 0) else { return nil }
-                octet = octet * 10 + UInt32(b - 0x30)
-                digits += 1
-                guard octet <= 255 else { return nil }
-            } else {
-                return nil
-            }
-        }
-        guard dots == 3, digits > 0 else { return nil }
         var length = 0
         for i in (slash + 1)..<bytes.count {
             let b = bytes[i]
@@ -325,7 +309,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
             }
             length = length * 10 + Int(b - 0x30)
         }
-        return CIDR(address: IPAddress(ipv4: value << 8 | octet), prefixLength: length)
+        return CIDR(address: IPAddress(ipv4: address), prefixLength: length)
     }
 
     /// A single-host prefix (`/32` or `/128`).

@@ -43,6 +43,8 @@ let package = Package(
                 "CMeshShims", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Real-kernel test helpers shared by the test targets (not shipped).
+        .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
         .testTarget(
             name: "MeshCLITests",
@@ -53,11 +55,13 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshIptablesTests",
-            dependencies: ["MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshSystem"]
+            dependencies: [
+                "MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshSystem", "MeshTestKit",
+            ]
         ),
         .testTarget(
             name: "MeshNetlinkTests",
-            dependencies: ["MeshNetlink", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender"]
+            dependencies: ["MeshNetlink", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshTestKit"]
         ),
         .testTarget(
             name: "MeshConfigTests",
@@ -70,7 +74,7 @@ let package = Package(
         .testTarget(
             name: "MeshRenderTests",
             dependencies: [
-                "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel",
+                "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel", "MeshTestKit",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             exclude: ["Goldens"]

@@ -4,6 +4,7 @@ import MeshIptables
 import MeshModel
 import MeshPlanner
 import MeshRender
+import MeshTestKit
 import Testing
 
 /// Real kernel: what `iptables-save` prints for our rules must be exactly what
@@ -55,95 +56,29 @@ import Testing
 
     @Test(arguments: ["nft", "legacy"])
     func saveOutputMatchesCanonicalRendering(variant: String) throws {
-        guard try kernelTestsCanRun() else { return }
+        guard Kernel.require(tools: ["iptables-nft-restore", "iptables-legacy-restore"]) else { return }
         for (name, config) in Self.configs() {
             let plan = Planner.plan(config)
             for family in plan.families {
                 let prefix = family == .ipv4 ? "iptables" : "ip6tables"
-                let ns = try Namespace()
+                let ns = try Kernel.Namespace()
                 defer { ns.delete() }
                 let payload = IptablesRestore.render(plan, family: family)
-                let restore = try ns.run(["\(prefix)-\(variant)-restore", "--noflush"], stdin: payload)
+                let restore = try ns.exec(["\(prefix)-\(variant)-restore", "--noflush"], stdin: payload, check: false)
                 #expect(restore.status == 0, "\(name) \(family) \(variant): \(restore.stderr)")
-                let save = try ns.run(["\(prefix)-\(variant)-save"])
+                let save = try ns.exec(["\(prefix)-\(variant)-save"])
                 let live = parseSave(save.stdout)
                 let ops = plan.operations(for: family)
                 #expect(drift(live: live, desired: ops, family: family) == [], "\(name) \(family) \(variant)")
                 #expect(reconcile(live: live, desired: ops).isEmpty, "\(name) \(family) \(variant): not converged")
                 // And cleanup from that state leaves nothing of ours.
                 let clean = reconcile(live: live, desired: []).map(\.block).joined()
-                let cleaned = try ns.run(["\(prefix)-\(variant)-restore", "--noflush"], stdin: clean)
+                let cleaned = try ns.exec(["\(prefix)-\(variant)-restore", "--noflush"], stdin: clean, check: false)
                 #expect(cleaned.status == 0, "\(name) \(family) \(variant) clean: \(cleaned.stderr)")
-                let after = try ns.run(["\(prefix)-\(variant)-save"]).stdout
+                let after = try ns.exec(["\(prefix)-\(variant)-save"]).stdout
                 #expect(!after.contains("ISTIO"), "\(name) \(family) \(variant): left after cleanup:\n\(after)")
                 #expect(reconcile(live: parseSave(after), desired: []).isEmpty)
             }
         }
-    }
-}
-
-/// Whether this process can run kernel tests. With CI=true a missing prerequisite is a
-/// recorded failure, never a silent skip.
-func kernelTestsCanRun() throws -> Bool {
-    var missing: [String] = []
-    if getuid() != 0 { missing.append("root") }
-    for tool in ["ip", "iptables-nft-restore", "iptables-legacy-restore"] where which(tool) == nil {
-        missing.append(tool)
-    }
-    if missing.isEmpty { return true }
-    if ProcessInfo.processInfo.environment["CI"] == "true" {
-        Issue.record("kernel test prerequisites missing: \(missing.joined(separator: ", "))")
-    }
-    return false
-}
-
-func which(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
-    for dir in path.split(separator: ":") {
-        let candidate = "\(dir)/\(name)"
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-}
-
-/// A throwaway network namespace with `lo` up.
-struct Namespace {
-    static let lock = NSLock()
-    nonisolated(unsafe) static var counter = 0
-    let name: String
-
-    init() throws {
-        Namespace.lock.lock()
-        Namespace.counter += 1
-        name = "mkt-\(getpid())-\(Namespace.counter)"
-        Namespace.lock.unlock()
-        _ = try Self.exec(["ip", "netns", "add", name])
-        _ = try Self.exec(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
-    }
-
-    func run(_ command: [String], stdin: String = "") throws -> (status: Int32, stdout: String, stderr: String) {
-        try Self.exec(["ip", "netns", "exec", name] + command, stdin: stdin)
-    }
-
-    func delete() { _ = try? Self.exec(["ip", "netns", "del", name]) }
-
-    static func exec(_ command: [String], stdin: String = "") throws -> (status: Int32, stdout: String, stderr: String)
-    {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: which(command[0]) ?? command[0])
-        process.arguments = Array(command.dropFirst())
-        let input = Pipe()
-        let output = Pipe()
-        let error = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        input.fileHandleForWriting.write(Data(stdin.utf8))
-        try input.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MeshModel
+import MeshTestKit
 import Testing
 
 @testable import MeshNetlink

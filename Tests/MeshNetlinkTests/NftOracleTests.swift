@@ -1,6 +1,7 @@
 import Foundation
 import MeshModel
 import MeshRender
+import MeshTestKit
 import Testing
 
 @testable import MeshNetlink

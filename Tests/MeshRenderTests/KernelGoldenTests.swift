@@ -1,4 +1,5 @@
 import Foundation
+import MeshTestKit
 import Testing
 
 #if canImport(Glibc)
@@ -60,188 +61,39 @@ struct KernelGoldenTests {
     }
 }
 
-enum Kernel {
+/// Read-backs through the shared kernel kit, and Istio's goldens prepared for loading.
+extension Kernel {
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    static let tools = [
-        "ip", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save", "nft",
-    ]
-    static let searchPath: [String] = {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        return path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-    }()
+    /// Run when the kernel tests can, and always under CI (where a missing tool fails).
+    static var shouldRun: Bool { available || ProcessInfo.processInfo.environment["CI"] == "true" }
 
-    static func locate(_ tool: String) -> String? {
-        searchPath.map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
-
-    static var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
-    static var isRoot: Bool { geteuid() == 0 }
-    static var missing: [String] { tools.filter { locate($0) == nil } }
-    static var available: Bool { isRoot && missing.isEmpty }
-    /// Run when possible; in CI always (to fail loudly).
-    static var shouldRun: Bool { available || isCI }
-
-    /// Records an issue (CI) when the kernel tests cannot run.
     static func requireAvailable(sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
-        if available { return true }
-        var why: [String] = []
-        if !isRoot { why.append("not running as root") }
-        if !missing.isEmpty { why.append("missing tools: \(missing.joined(separator: ", "))") }
-        Issue.record(
-            "kernel golden tests cannot run with CI=true: \(why.joined(separator: "; ")) (run as root with iproute2, iptables and nftables installed)",
+        require(
+            tools: ["iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"],
             sourceLocation: sourceLocation)
-        return false
     }
 
-    struct Output {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    static func run(_ argv: [String], stdin: String? = nil) throws -> Output {
-        guard let executable = locate(argv[0]) else { throw Failure(description: "\(argv[0]) not found") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(argv.dropFirst())
-        let input = Pipe()
-        let output = Pipe()
-        let error = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-        try input.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Output(
-            status: process.terminationStatus, stdout: String(decoding: out, as: UTF8.self),
-            stderr: String(decoding: err, as: UTF8.self))
-    }
-
-    static func check(_ argv: [String], stdin: String? = nil) throws -> String {
-        let result = try run(argv, stdin: stdin)
-        guard result.status == 0 else {
-            throw Failure(
-                description: "\(argv.joined(separator: " ")) exited \(result.status): \(result.stderr)\(result.stdout)")
-        }
-        return result.stdout
-    }
-
-    /// A fresh network namespace with a unique name, deleted by `delete()` (or on deinit).
-    final class Namespace {
-        nonisolated(unsafe) static var counter = 0
-        static let lock = NSLock()
-        let name: String
-        private var deleted = false
-
-        init() throws {
-            let n = Self.lock.withLock {
-                Self.counter += 1
-                return Self.counter
-            }
-            name = "mi-kt-\(getpid())-\(n)-\(UInt32.random(in: 0...UInt32.max))"
-            _ = try Kernel.check(["ip", "netns", "add", name])
-            do {
-                _ = try exec(["ip", "link", "set", "lo", "up"])
-            } catch {
-                delete()
-                throw error
-            }
-        }
-
-        func exec(_ argv: [String], stdin: String? = nil) throws -> String {
-            let tool = Kernel.locate(argv[0]) ?? argv[0]
-            return try Kernel.check(["ip", "netns", "exec", name, tool] + argv.dropFirst(), stdin: stdin)
-        }
-
-        func delete() {
-            guard !deleted else { return }
-            deleted = true
-            _ = try? Kernel.run(["ip", "netns", "del", name])
-        }
-
-        deinit { delete() }
-    }
-
-    static func withNamespace<T>(_ body: (Namespace) throws -> T) throws -> T {
+    /// What the kernel holds after `iptables-restore` of `payload` in a fresh namespace.
+    static func iptablesReadback(_ payload: String, ipv6: Bool) throws -> [String] {
         let ns = try Namespace()
         defer { ns.delete() }
-        return try body(ns)
+        if !payload.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            try ns.exec([ipv6 ? "ip6tables-restore" : "iptables-restore"], stdin: payload)
+        }
+        return canonicalIptablesSave(try ns.exec([ipv6 ? "ip6tables-save" : "iptables-save"]).stdout)
     }
 
-    /// `iptables-save` with `#` lines dropped and counters zeroed.
-    static func canonIptablesSave(_ text: String) -> [String] {
-        text.split(separator: "\n", omittingEmptySubsequences: false).compactMap { line -> String? in
-            if line.hasPrefix("#") { return nil }
-            return String(line).replacing(/\[\d+:\d+\]/, with: "[0:0]")
-        }
-    }
-
-    static func iptablesReadback(_ payload: String, ipv6: Bool) throws -> [String] {
-        try withNamespace { ns in
-            if !payload.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                _ = try ns.exec([ipv6 ? "ip6tables-restore" : "iptables-restore"], stdin: payload)
-            }
-            return canonIptablesSave(try ns.exec([ipv6 ? "ip6tables-save" : "iptables-save"]))
-        }
-    }
-
-    /// `nft list ruleset` with counters zeroed, handles dropped, and tables (and the chains in
-    /// them) sorted by name, as the conformance check does.
-    static func canonNft(_ text: String) -> [String] {
-        var lines: [String] = []
-        for raw in text.split(separator: "\n") {
-            var l = String(raw).replacing(/counter packets \d+ bytes \d+/, with: "counter")
-            l = l.replacing(/\s+# handle \d+$/, with: "")
-            while l.last?.isWhitespace == true { l.removeLast() }
-            if !l.trimmingCharacters(in: .whitespaces).isEmpty { lines.append(l) }
-        }
-        var tables: [(String, [[String]])] = []
-        var current: (String, [[String]])?
-        var block: [String]?
-        for l in lines {
-            if !l.hasPrefix("\t") {
-                if l == "}" {
-                    if let c = current { tables.append((c.0, c.1.sorted { $0.lexicographicallyPrecedes($1) })) }
-                    current = nil
-                } else {
-                    current = (l, [])
-                }
-            } else if !l.hasPrefix("\t\t") && l != "\t}" {
-                block = [l]
-            } else if l == "\t}" {
-                block?.append(l)
-                if let b = block { current?.1.append(b) }
-                block = nil
-            } else {
-                block?.append(l)
-            }
-        }
-        var out: [String] = []
-        for (head, blocks) in tables.sorted(by: { $0.0 < $1.0 }) {
-            out.append(head)
-            for b in blocks { out += b }
-            out.append("}")
-        }
-        return out
-    }
-
+    /// What the kernel holds after `nft -f` of `script` in a fresh namespace (`java` known).
     static func nftReadback(_ script: String) throws -> [String] {
-        try withNamespace { ns in
-            if !script.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(ns.name).nft")
-                try script.write(to: file, atomically: true, encoding: .utf8)
-                defer { try? FileManager.default.removeItem(at: file) }
-                _ = try ns.exec(["nft", "-f", file.path])
-            }
-            return canonNft(try ns.exec(["nft", "list", "ruleset"]))
+        let ns = try Namespace()
+        defer { ns.delete() }
+        if !script.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            try ns.loadNft(script, groups: ["java": KernelSupport.javaGID])
         }
+        return try ns.ruleset()
     }
 
     /// Istio's golden with the `java` group (not in this host's /etc/group) replaced by the gid
@@ -292,12 +144,5 @@ enum Kernel {
             return out.isEmpty ? "" : out.joined(separator: "\n") + "\n"
         }
         return (payloads.first ?? "", payloads.count > 1 ? payloads[1] : "")
-    }
-
-    static func diff(_ want: [String], _ got: [String]) -> String {
-        let removed = want.filter { !got.contains($0) }.map { "- \($0)" }
-        let added = got.filter { !want.contains($0) }.map { "+ \($0)" }
-        if removed.isEmpty && added.isEmpty { return "same lines, different order" }
-        return (removed + added).joined(separator: "\n")
     }
 }

@@ -91,8 +91,6 @@ public struct ConfigResolver {
     }
 
     func resolve(_ input: Input) throws(ConfigError) -> Settings {
-        let flags = input.flags
-        let environment = input.environment
         var settings = Settings()
         var c = CaptureConfig()
         var r = RunOptions()

@@ -13,6 +13,33 @@ public struct LiveSystem: SystemLookup {
     public init() {}
 
     public func userID(named name: String) -> UInt32? {
+        #if MESHINIT_FULLY_STATIC
+            // A fully static glibc cannot load NSS modules (getpwnam_r crashes): read the file.
+            return idFromDatabase("/etc/passwd", name: name)
+        #else
+            return userIDThroughNSS(named: name)
+        #endif
+    }
+
+    public func groupID(named name: String) -> UInt32? {
+        #if MESHINIT_FULLY_STATIC
+            return idFromDatabase("/etc/group", name: name)
+        #else
+            return groupIDThroughNSS(named: name)
+        #endif
+    }
+
+    /// `name:x:ID:…` lines of /etc/passwd or /etc/group (the files NSS source).
+    func idFromDatabase(_ path: String, name: String) -> UInt32? {
+        guard let text = readFile(path) else { return nil }
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: ":", maxSplits: 3, omittingEmptySubsequences: false)
+            if fields.count >= 3, fields[0] == name, let id = UInt32(fields[2]) { return id }
+        }
+        return nil
+    }
+
+    func userIDThroughNSS(named name: String) -> UInt32? {
         var pwd = passwd()
         var result: UnsafeMutablePointer<passwd>?
         var buffer = [CChar](repeating: 0, count: 4096)
@@ -21,7 +48,7 @@ public struct LiveSystem: SystemLookup {
         return pwd.pw_uid
     }
 
-    public func groupID(named name: String) -> UInt32? {
+    func groupIDThroughNSS(named name: String) -> UInt32? {
         var grp = group()
         var result: UnsafeMutablePointer<group>?
         var buffer = [CChar](repeating: 0, count: 16384)

@@ -71,11 +71,24 @@ func printWarnings(_ settings: Settings) {
     for warning in settings.warnings { writeStandardError("meshinit: warning: \(warning)\n") }
 }
 
+/// One nfnetlink socket per run, opened when first needed (each open and close costs).
+final class NetfilterSocketCache {
+    private var socket: NetfilterSocket?
+
+    func get() throws(NetlinkError) -> NetfilterSocket {
+        if let socket { return socket }
+        let opened = try NetfilterSocket()
+        socket = opened
+        return opened
+    }
+}
+
 /// The pieces a command needs to act: logger, process runner, backends.
 struct Context {
     var settings: Settings
     var log: Logger
     var runner: SpawnRunner
+    let sockets = NetfilterSocketCache()
 
     init(_ settings: Settings) {
         self.settings = settings
@@ -85,6 +98,7 @@ struct Context {
 
     var iptables: IptablesBackend {
         let log = self.log
+        let sockets = self.sockets
         return IptablesBackend(
             runner: runner, forced: settings.run.forceIptablesVariant,
             legacyTablesLoaded: legacyTablesLoaded,
@@ -93,7 +107,7 @@ struct Context {
                 case .legacy: return legacyTablesLoaded(family)
                 case .nft:
                     // One netlink dump instead of an iptables-nft-save process.
-                    guard let socket = try? NetfilterSocket() else { return nil }
+                    guard let socket = try? sockets.get() else { return nil }
                     return try? NftablesBackend(transport: socket).hasIptablesNftTables(ipv6: family == .ipv6)
                 case .plain: return nil
                 }
@@ -104,7 +118,7 @@ struct Context {
     /// The netlink backend, on a socket in the current network namespace.
     func netlink() throws -> NftablesBackend {
         do {
-            return NftablesBackend(transport: try NetfilterSocket())
+            return NftablesBackend(transport: try sockets.get())
         } catch {
             throw failure(error)
         }

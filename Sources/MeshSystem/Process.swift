@@ -44,8 +44,11 @@ public protocol CommandRunner {
 public struct SpawnRunner: CommandRunner {
     public var searchPath: [String]
 
-    public init(environment: [String: String]) {
-        let path = environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    /// Searches `path` (a PATH value), or the process's PATH, or the usual default.
+    public init(path: String? = nil) {
+        let path =
+            path ?? getenv("PATH").map { String(cString: $0) }
+            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         searchPath = path.split(separator: ":").map(String.init)
     }
 

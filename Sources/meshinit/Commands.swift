@@ -93,7 +93,7 @@ struct Context {
     init(_ settings: Settings) {
         self.settings = settings
         log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
-        runner = SpawnRunner(environment: meshinitEnvironment())
+        runner = SpawnRunner()
     }
 
     var iptables: IptablesBackend {

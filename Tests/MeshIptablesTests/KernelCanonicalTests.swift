@@ -56,7 +56,7 @@ import Testing
 
     @Test(arguments: ["nft", "legacy"])
     func saveOutputMatchesCanonicalRendering(variant: String) throws {
-        guard Kernel.require(tools: ["iptables-nft-restore", "iptables-legacy-restore"]) else { return }
+        guard try Kernel.require(tools: ["iptables-nft-restore", "iptables-legacy-restore"]) else { return }
         for (name, config) in Self.configs() {
             let plan = Planner.plan(config)
             for family in plan.families {

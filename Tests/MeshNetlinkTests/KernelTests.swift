@@ -22,14 +22,14 @@ struct KernelTests {
 
     @Test("conformance: applied through netlink = Istio's golden loaded by nft", arguments: Conformance.all)
     func conformance(_ c: ConformanceCase) throws {
-        guard Kernel.require() else { return }
+        let plan = try c.plan()
+        guard try Kernel.require() else { return }
         let ours = try Kernel.Namespace()
         let istio = try Kernel.Namespace()
         defer {
             ours.delete()
             istio.delete()
         }
-        let plan = try c.plan()
         try Self.backend(ours).apply(plan)
         try istio.nftScript(try c.golden)
         let got = try ours.ruleset()
@@ -40,7 +40,7 @@ struct KernelTests {
 
     @Test("the rule catalog: applied through netlink = the same text loaded by nft")
     func catalog() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ours = try Kernel.Namespace()
         let nft = try Kernel.Namespace()
         defer {
@@ -58,7 +58,7 @@ struct KernelTests {
 
     @Test("an injected failure (jump to a missing chain, last in the batch) changes nothing and names the rule")
     func injectedFailure() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let backend = try Self.backend(ns)
@@ -92,7 +92,7 @@ struct KernelTests {
 
     @Test("clean is idempotent and leaves a foreign table byte-identical")
     func clean() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         try ns.exec(
@@ -130,7 +130,7 @@ struct KernelTests {
 
     @Test("a new plan deletes our tables it no longer uses")
     func staleTables() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let backend = try Self.backend(ns)
@@ -142,28 +142,44 @@ struct KernelTests {
         try expectNoDrift(backend, redirect)
     }
 
-    @Test("100 re-applies leave nft list ruleset identical")
+    @Test("100 re-applies alternating two configs: each one writes, and leaves exactly that config")
     func reapply() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
+        let a = try Conformance.plan(
+            Conformance.seedArgs + ["--redirect-dns", "-m", "TPROXY"], resolvConf: "nameserver 10.96.0.10\n")
+        let b = try Conformance.plan(["-i", "10.0.0.0/8", "-b", "8080", "-q", "81", "-o", "9999", "-c", "eth9"])
+        // What each config looks like installed once into an empty namespace.
+        var reference: [[String]] = []
+        for plan in [a, b] {
+            let fresh = try Kernel.Namespace()
+            defer { fresh.delete() }
+            try Self.backend(fresh).apply(plan)
+            reference.append(try fresh.ruleset())
+        }
+        #expect(reference[0] != reference[1])
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let backend = try Self.backend(ns)
-        let plan = try Conformance.plan(
-            Conformance.seedArgs + ["--redirect-dns", "-m", "TPROXY"], resolvConf: "nameserver 10.96.0.10\n")
-        try backend.apply(plan)
-        let first = try ns.ruleset()
         let clock = ContinuousClock()
-        let elapsed = try clock.measure {
-            for _ in 0..<100 { try backend.apply(plan) }
+        var applying = Duration.zero
+        for round in 0..<100 {
+            let which = round % 2
+            let plan = which == 0 ? a : b
+            var wrote = false
+            applying += try clock.measure { wrote = try backend.apply(plan) }
+            #expect(wrote, "round \(round): apply of a changed config sent nothing")
+            let state = try ns.ruleset()
+            #expect(state == reference[which], "round \(round):\n\(Kernel.diff(reference[which], state))")
+            // The same config again converges without writing.
+            if round % 10 == 0 { #expect(try backend.apply(plan) == false, "round \(round): re-apply wrote") }
         }
-        #expect(try ns.ruleset() == first)
-        try expectNoDrift(backend, plan)
-        print("meshnl: 100 applies of the seed plan took \(elapsed) (\(elapsed / 100) each)")
+        try expectNoDrift(backend, b)
+        print("meshnl: 100 alternating applies took \(applying) (\(applying / 100) each)")
     }
 
     @Test("8 concurrent applies on one namespace all succeed and leave the plan")
     func concurrent() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let plan = try Conformance.plan(Conformance.seedArgs)
@@ -186,7 +202,7 @@ struct KernelTests {
 
     @Test("verify: no difference after apply; names a rule deleted with nft, an added rule, a missing table")
     func verify() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let backend = try Self.backend(ns)
@@ -224,7 +240,7 @@ struct KernelTests {
 
     @Test("a 3,000-range port set (6,001 elements over 6 messages) loads in one transaction")
     func largeSet() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let ranges = (0..<3000).map { RuleCatalog.ports(1 + $0 * 20, 10 + $0 * 20) }
@@ -244,7 +260,7 @@ struct KernelTests {
 
     @Test("opening a socket in another namespace returns the thread to its own")
     func namespaceRestore() throws {
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let before = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self/ns/net")

@@ -46,7 +46,7 @@ struct NftOracleTests {
         ])
         try compare(plan, label: "long lists")
         // Applied through netlink it verifies clean, and reads back as nft -f of the same text.
-        guard Kernel.require() else { return }
+        guard try Kernel.require() else { return }
         let ours = try Kernel.Namespace()
         defer { ours.delete() }
         let backend = NftablesBackend(transport: try NetfilterSocket(networkNamespace: ours.path))
@@ -59,14 +59,7 @@ struct NftOracleTests {
     }
 
     func compare(_ plan: Plan, label: String) throws {
-        guard Kernel.require() else { return }
-        guard Kernel.hasStrace else {
-            if ProcessInfo.processInfo.environment["CI"] == "true" {
-                Issue.record(
-                    "strace is missing: the nft oracle comparison cannot run (scripts/install-deps installs it)")
-            }
-            return
-        }
+        guard try Kernel.require(tools: ["strace"]) else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
         let script = NftScript.render(plan)
@@ -118,7 +111,6 @@ struct WireMessage: Equatable, CustomStringConvertible {
 }
 
 extension Kernel {
-    static let hasStrace = FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")
 
     /// The batch `nft -f` sends for `script` (the largest sendmsg that starts with
     /// NFNL_MSG_BATCH_BEGIN), captured with strace's hex dump of written data.

@@ -30,8 +30,18 @@ struct ConformanceCase: Sendable, CustomTestStringConvertible {
     var flags: [IstioFlag: String]
     var environment: [String: String]
     var resolvConf: String?
+    /// Set when the case could not be read: running it fails, naming the path.
+    var unreadablePath: String?
 
     var testDescription: String { name }
+
+    /// Stands for cases that could not be read from `path`.
+    init(unreadable path: String) {
+        name = "unreadable: \(path)"
+        flags = [:]
+        environment = [:]
+        unreadablePath = path
+    }
 
     static let resolvPath = "/conformance/resolv.conf"
 
@@ -71,6 +81,9 @@ struct ConformanceCase: Sendable, CustomTestStringConvertible {
     }
 
     func plan() throws -> Plan {
+        if let unreadablePath {
+            throw ConformanceUnavailable(path: unreadablePath)
+        }
         var system = FakeSystem()
         if let resolvConf { system.files[Self.resolvPath] = resolvConf }
         let settings = try ConfigResolver(system: system).resolve(flags: flags, environment: environment)
@@ -84,6 +97,12 @@ struct ConformanceCase: Sendable, CustomTestStringConvertible {
     }
 }
 
+/// The conformance cases (`../shared/conformance/istio`) are missing or unreadable.
+struct ConformanceUnavailable: Error, CustomStringConvertible {
+    var path: String
+    var description: String { "conformance cases not readable at \(path) (../shared must sit next to the repository)" }
+}
+
 enum Conformance {
     static let javaGID: UInt32 = 30000
     static let testsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -91,16 +110,21 @@ enum Conformance {
     static let directory = testsDirectory.deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("shared/conformance/istio/nftables")
 
+    /// Every case of the directory. Never empty: when the cases cannot be read, one case
+    /// stands for them and fails (a parameterized test over `[]` would pass by running nothing).
     static var all: [ConformanceCase] {
         let names =
             ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
             .filter { $0.hasSuffix(".args") }.sorted()
-        return names.compactMap { file in
+        var cases: [ConformanceCase] = []
+        for file in names {
             guard let text = try? String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8) else {
-                return nil
+                cases.append(ConformanceCase(unreadable: directory.appendingPathComponent(file).path))
+                continue
             }
-            return ConformanceCase(name: String(file.dropLast(5)), argsText: text)
+            cases.append(ConformanceCase(name: String(file.dropLast(5)), argsText: text))
         }
+        return cases.isEmpty ? [ConformanceCase(unreadable: directory.path)] : cases
     }
 
     /// A plan from istio-iptables flags (`["-p", "15001", …]`), IPv6 on or off.

@@ -1,5 +1,4 @@
 import Foundation
-import Testing
 
 #if canImport(Glibc)
     import Glibc
@@ -19,13 +18,19 @@ public enum Kernel {
         }
     }()
 
-    /// True when the test may run; false to skip (recording an issue when `CI=true`).
-    public static func require(sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
-        if available { return true }
-        if ProcessInfo.processInfo.environment["CI"] == "true" {
-            Issue.record("real-kernel test needs root, ip and nft (CI=true)", sourceLocation: sourceLocation)
-        }
-        return false
+    /// A real-kernel test's prerequisites are missing where it must run (`CI=true`).
+    public struct Unavailable: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Whether the tests run under CI, where a test that cannot run is a failure.
+    public static var underCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
+    /// True when the test may run; false to skip, outside CI only: with `CI=true` a missing
+    /// prerequisite throws, and the test fails. (No Testing import here: this kit is an
+    /// ordinary target, built by `swift build -c release` too.)
+    public static func require() throws -> Bool {
+        try require(tools: [])
     }
 
     public struct Output: Sendable {
@@ -176,22 +181,22 @@ public enum Kernel {
         }
     }
 
-    /// True when a kernel test may run with these extra tools; false to skip (recording an
-    /// issue when `CI=true`, where a missing prerequisite is a failure).
-    public static func require(
-        tools: [String], sourceLocation: SourceLocation = #_sourceLocation
-    ) -> Bool {
-        let missing = tools.filter { tool in
-            !["/usr/sbin", "/sbin", "/usr/bin", "/bin"].contains {
-                FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)")
-            }
-        }
-        guard require(sourceLocation: sourceLocation) else { return false }
+    /// True when a kernel test may run with these tools (besides root, `ip` and `nft`);
+    /// false to skip outside CI; with `CI=true` a missing prerequisite throws `Unavailable`.
+    public static func require(tools: [String]) throws -> Bool {
+        var missing = tools.filter { !hasTool($0) }
+        if !available { missing.insert("root, ip and nft", at: 0) }
         if missing.isEmpty { return true }
-        if ProcessInfo.processInfo.environment["CI"] == "true" {
-            Issue.record(
-                "real-kernel test needs \(missing.joined(separator: ", ")) (CI=true)", sourceLocation: sourceLocation)
+        if underCI {
+            throw Unavailable(description: "real-kernel test needs \(missing.joined(separator: ", ")) (CI=true)")
         }
         return false
+    }
+
+    /// Whether `tool` is in one of the system binary directories.
+    public static func hasTool(_ tool: String) -> Bool {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].contains {
+            FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)")
+        }
     }
 }

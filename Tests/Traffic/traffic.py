@@ -644,6 +644,10 @@ def main():
                 traceback.print_exc()
     shutil.rmtree(os.path.dirname(HERE), ignore_errors=True)
     HERE = original
+    if passed + failed == 0:
+        # A suite that ran nothing (an --only that matches no scenario) is a failure.
+        print("traffic %s: no scenario ran" % label, flush=True)
+        failed = 1
     print("traffic %s: %d passed, %d failed" % (label, passed, failed), flush=True)
     return 1 if failed else 0
 

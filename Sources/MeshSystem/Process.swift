@@ -43,6 +43,10 @@ public protocol CommandRunner {
 /// large payloads cannot deadlock. No shell, no Foundation.
 public struct SpawnRunner: CommandRunner {
     public var searchPath: [String]
+    /// The children's environment (`K=V`): the caller's, without locale variables, plus
+    /// `LC_ALL=C`, so that the messages meshinit classifies errors by (iptables' "Bad rule",
+    /// "Permission denied", …) never depend on the locale.
+    public var childEnvironment: [String]
 
     /// Searches `path` (a PATH value), or the process's PATH, or the usual default.
     public init(path: String? = nil) {
@@ -50,6 +54,21 @@ public struct SpawnRunner: CommandRunner {
             path ?? getenv("PATH").map { String(cString: $0) }
             ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         searchPath = path.split(separator: ":").map(String.init)
+        var inherited: [String] = []
+        var cursor = environ
+        while let entry = cursor.pointee {
+            inherited.append(String(cString: entry))
+            cursor += 1
+        }
+        childEnvironment = Self.cLocale(inherited)
+    }
+
+    /// `environment` with every locale variable (`LANG`, `LANGUAGE`, `LC_*`) replaced by `LC_ALL=C`.
+    public static func cLocale(_ environment: [String]) -> [String] {
+        environment.filter { entry in
+            let name = entry.prefix { $0 != "=" }
+            return !(name == "LANG" || name == "LANGUAGE" || name.hasPrefix("LC_"))
+        } + ["LC_ALL=C"]
     }
 
     public func which(_ name: String) -> String? {
@@ -84,8 +103,10 @@ public struct SpawnRunner: CommandRunner {
 
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
+        let envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.map { strdup($0) } + [nil]
+        defer { for p in envp { free(p) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
         close(inPipe[0])
         close(outPipe[1])
         close(errPipe[1])

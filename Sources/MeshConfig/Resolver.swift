@@ -381,7 +381,8 @@ struct Input {
             guard let name = InterfaceName(item) else {
                 throw ConfigError(
                     source, String(item),
-                    "not an interface name (1-15 bytes of letters, digits, _ . - @, optional trailing +)")
+                    "not an interface name (1-15 bytes of letters, digits, _ . - @, optional trailing + after a prefix)"
+                )
             }
             out.append(name)
         }

@@ -85,14 +85,17 @@ public struct Mark: Sendable, Hashable, CustomStringConvertible {
 
 /// A network interface name as the kernel accepts it (`dev_valid_name`) and no more:
 /// 1...15 bytes, not `.`/`..`, only letters, digits and `_ . - @`, an optional trailing `+`
-/// (iptables' prefix wildcard), not starting with `-`. Whitespace, quotes, `!`, `/` and
-/// `:` are refused, so a name can never become another token of a rule.
+/// (a prefix wildcard on both backends: iptables `eth+`, nft `"eth*"`), not starting with
+/// `-`. `+` alone is refused: iptables reads it as "every interface", nft as a name, so the
+/// two backends would disagree on what it means (and "never capture on any interface" is no
+/// exclusion anyone means). Whitespace, quotes, `!`, `/` and `:` are refused, so a name can
+/// never become another token of a rule.
 public struct InterfaceName: Sendable, Hashable, CustomStringConvertible {
     public let name: String
 
     public init?(_ text: Substring) {
         let bytes = Array(text.utf8)
-        guard !bytes.isEmpty, bytes.count <= 15, text != ".", text != "..", bytes[0] != UInt8(ascii: "-")
+        guard !bytes.isEmpty, bytes.count <= 15, text != ".", text != "..", text != "+", bytes[0] != UInt8(ascii: "-")
         else { return nil }
         for (i, b) in bytes.enumerated() {
             let ok =

@@ -215,10 +215,20 @@ struct InterfaceFlagTests {
         "bad names", arguments: [IstioFlag.excludeInterfaces, .kubeVirtInterfaces],
         [
             "eth0 -j ACCEPT", "eth 0", "eth\t0", "eth0\n", "eth\r0", "abcdefghijklmnop", "eth0!", "eth/0", "eth:0",
-            "\"eth0\"", "'eth0'", "-eth0", ".", "..", "ethé",
+            "\"eth0\"", "'eth0'", "-eth0", ".", "..", "ethé", "+",
         ])
     func bad(flag: IstioFlag, name: String) {
         expectBad([flag: "eth1," + name], names: flag.displayName, value: name)
+    }
+
+    /// `+` alone means "every interface" to iptables and a literal name to nft: refused, so
+    /// the backends can never disagree (`-c +` would turn all inbound capture off in iptables).
+    @Test("a bare + is refused with exit-64 input error, a trailing + is a prefix")
+    func bareWildcard() throws {
+        expectBad([.excludeInterfaces: "+"], names: "-c/--istio-exclude-interfaces", value: "+")
+        expectBad(env: ["ISTIO_EXCLUDE_INTERFACES": "eth0,+"], names: "ISTIO_EXCLUDE_INTERFACES", value: "+")
+        let s = try resolve([.excludeInterfaces: "eth+"])
+        #expect(s.capture.excludeInterfaces.map(\.name) == ["eth+"])
     }
 
     @Test("bad name from the environment")

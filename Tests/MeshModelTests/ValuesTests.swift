@@ -106,7 +106,7 @@ struct InterfaceNameTests {
             "", "eth 0", "eth0 ", " eth0", "eth\t0", "eth0\n", "eth\r0", "1234567890123456", "eth0!", "!eth0", "eth/0",
             "eth:0", "eth0\"", "eth0'", "`eth0`", "-eth0", "-", ".", "..", "eth+0", "+eth", "eth0;", "eth$0", "eth*",
             "ethé", "eth\u{0}0", "eth0,eth1", "eth0\u{85}", "eth0\u{2028}", "eth0\u{A0}", "-j ACCEPT",
-            "\"x\" -j ACCEPT", "eth0 -j DROP",
+            "\"x\" -j ACCEPT", "eth0 -j DROP", "+", "++",
         ])
     func rejected(text: String) {
         #expect(InterfaceName(text) == nil)

@@ -27,7 +27,8 @@ let package = Package(
         .target(name: "MeshPlanner", dependencies: ["MeshModel", "MeshConfig"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
         .target(name: "CMeshShims"),
-        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig", "CMeshShims"]),
+        .target(name: "CRtnetlink"),
+        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig", "CMeshShims", "CRtnetlink"]),
         .target(name: "MeshIptables", dependencies: ["MeshModel", "MeshConfig", "MeshRender", "MeshSystem"]),
         .systemLibrary(
             name: "CNftnl",
@@ -35,7 +36,7 @@ let package = Package(
             pkgConfig: "libnftnl libmnl",
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
-        .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender"]),
+        .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender", "MeshSystem"]),
         .executableTarget(
             name: "meshinit",
             dependencies: [
@@ -46,6 +47,7 @@ let package = Package(
         // Real-kernel test helpers shared by the test targets (not shipped).
         .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(name: "MeshSystemTests", dependencies: ["MeshSystem", "MeshModel", "CRtnetlink"]),
         .testTarget(
             name: "MeshCLITests",
             dependencies: [

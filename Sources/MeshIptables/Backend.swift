@@ -18,6 +18,16 @@ public struct IptablesError: Error, Sendable, Hashable, CustomStringConvertible 
 
     public var kind: Kind
     public var message: String
+    /// A restore that failed the way a concurrent writer makes it fail (a rule or chain that
+    /// our dump saw is gone, or one it did not see is there): worth one retry from a fresh dump.
+    public var concurrentChange: Bool
+
+    public init(kind: Kind, message: String, concurrentChange: Bool = false) {
+        self.kind = kind
+        self.message = message
+        self.concurrentChange = concurrentChange
+    }
+
     public var description: String { message }
 }
 
@@ -93,25 +103,35 @@ public struct IptablesBackend {
     }
 
     /// Makes the live state equal to the plan. Returns what changed (empty: nothing to do).
-    /// If the IPv6 restore fails after IPv4 was changed, IPv4 is put back as it was.
+    /// If the IPv6 restore fails after IPv4 was changed, IPv4 is put back as it was. A restore
+    /// that fails because the rules changed between our dump and our write is retried once,
+    /// from a fresh dump.
     public func apply(_ plan: Plan) throws(IptablesError) -> [String] {
         var done: [(tools: IptablesTools, before: [SavedTable], changed: [String])] = []
         var summary: [String] = []
         for family in plan.families {
             let tools = try tools(for: family)
             log("\(family.rawValue): using \(tools.restore) (\(tools.variant.rawValue))")
-            // Nothing of this variant in the kernel yet: the live state is known to be empty.
-            let live = hasTables(tools.variant, family) == false ? [] : try save(tools)
-            let changes = reconcile(live: live, desired: plan.operations(for: family))
-            if changes.isEmpty {
-                log("\(family.rawValue): rules already installed, nothing to do")
-                continue
-            }
+            var live: [SavedTable] = []
+            var changes: [TableChange] = []
             do {
-                try restore(tools, payload: changes.map(\.block).joined(), noflush: true)
+                // Nothing of this variant in the kernel yet: the live state is known to be empty.
+                live = hasTables(tools.variant, family) == false ? [] : try save(tools)
+                changes = reconcile(live: live, desired: plan.operations(for: family))
+                try retryingOnce(tools, family) { () throws(IptablesError) in
+                    if changes.isEmpty { return }
+                    try restore(tools, payload: changes.map(\.block).joined(), noflush: true)
+                } refresh: { () throws(IptablesError) in
+                    live = try save(tools)
+                    changes = reconcile(live: live, desired: plan.operations(for: family))
+                }
             } catch {
                 for previous in done.reversed() { rollback(previous.tools, previous.before, tables: previous.changed) }
                 throw error
+            }
+            if changes.isEmpty {
+                log("\(family.rawValue): rules already installed, nothing to do")
+                continue
             }
             done.append((tools, live, changes.map(\.table)))
             for change in changes { summary.append("\(family.rawValue) \(change.summary)") }
@@ -119,28 +139,72 @@ public struct IptablesBackend {
         return summary
     }
 
-    /// Removes every chain and rule of ours (see `Ownership`) from every table of both
-    /// families and every installed variant, from the live state. Idempotent.
-    public func clean() throws(IptablesError) -> [String] {
-        var summary: [String] = []
-        for family in Family.allCases {
+    /// Runs `body`; if it fails because of a concurrent change, runs `refresh` (a fresh dump
+    /// and diff) and `body` once more.
+    func retryingOnce(
+        _ tools: IptablesTools, _ family: Family, _ body: () throws(IptablesError) -> Void,
+        refresh: () throws(IptablesError) -> Void
+    ) throws(IptablesError) {
+        do {
+            try body()
+        } catch  where error.concurrentChange {
+            log("\(family.rawValue): \(error.message); the rules changed under us, retrying once from a fresh dump")
+            try refresh()
+            try body()
+        }
+    }
+
+    /// One family and variant's part of a cleanup: the restore that removes ours.
+    public struct CleanupStep: Sendable, Hashable {
+        public var family: Family
+        public var tools: IptablesTools
+        public var changes: [TableChange]
+
+        /// The `--noflush` restore payload.
+        public var payload: String { changes.map(\.block).joined() }
+    }
+
+    /// What removing every chain and rule of ours (see `Ownership`) would restore, from the
+    /// live state of `families` in every installed variant. Reads only.
+    public func cleanupPlan(families: [Family] = Family.allCases) throws(IptablesError) -> [CleanupStep] {
+        var steps: [CleanupStep] = []
+        for family in families {
             for tools in cleanupTools(for: family) {
-                let live = try save(tools)
-                let changes = reconcile(live: live, desired: [])
-                guard !changes.isEmpty else { continue }
-                try restore(tools, payload: changes.map(\.block).joined(), noflush: true)
-                for change in changes {
-                    summary.append("\(family.rawValue) \(tools.variant.rawValue) \(change.summary)")
-                }
+                let changes = reconcile(live: try save(tools), desired: [])
+                if !changes.isEmpty { steps.append(CleanupStep(family: family, tools: tools, changes: changes)) }
+            }
+        }
+        return steps
+    }
+
+    /// Carries out a cleanup plan (retrying a step once, from a fresh dump, when the rules
+    /// changed since it was made). Returns what was removed. Idempotent.
+    public func clean(_ steps: [CleanupStep]) throws(IptablesError) -> [String] {
+        var summary: [String] = []
+        for step in steps {
+            var changes = step.changes
+            try retryingOnce(step.tools, step.family) { () throws(IptablesError) in
+                if changes.isEmpty { return }
+                try restore(step.tools, payload: changes.map(\.block).joined(), noflush: true)
+            } refresh: { () throws(IptablesError) in
+                changes = reconcile(live: try save(step.tools), desired: [])
+            }
+            for change in changes {
+                summary.append("\(step.family.rawValue) \(step.tools.variant.rawValue) \(change.summary)")
             }
         }
         return summary
     }
 
-    /// Differences between the live state and the plan (empty: they match).
-    public func verify(_ plan: Plan) throws(IptablesError) -> [String] {
+    /// Removes every chain and rule of ours from the live state of `families`. Idempotent.
+    public func clean(families: [Family] = Family.allCases) throws(IptablesError) -> [String] {
+        try clean(try cleanupPlan(families: families))
+    }
+
+    /// Differences between the live state and the plan (empty: they match), in `families`.
+    public func verify(_ plan: Plan, families: [Family] = Family.allCases) throws(IptablesError) -> [String] {
         var lines: [String] = []
-        for family in Family.allCases {
+        for family in families {
             let tools = try tools(for: family)
             let live = try save(tools)
             lines += drift(live: live, desired: plan.operations(for: family), family: family)
@@ -223,13 +287,31 @@ public struct IptablesBackend {
                 kind: .unavailable, message: "\(name): kernel support missing (\(module)): \(firstLine)")
         }
         var message = "\(name) failed: \(firstLine)"
+        var failing: Substring?
         if let lineNumber = failedLine(stderr) {
             let lines = payload.split(separator: "\n", omittingEmptySubsequences: false)
             if lineNumber >= 1 && lineNumber <= lines.count {
+                failing = lines[lineNumber - 1]
                 message += " — line \(lineNumber): \(lines[lineNumber - 1])"
             }
         }
-        return IptablesError(kind: .failed, message: message)
+        return IptablesError(
+            kind: .failed, message: message, concurrentChange: Self.isConcurrentChange(stderr, failingLine: failing))
+    }
+
+    /// Whether a failed restore looks like the rules changed since our dump: deleting a rule
+    /// or chain that is gone, or one still referenced, creating one that appeared, or the
+    /// kernel's "ruleset changed" answer to iptables-nft.
+    static func isConcurrentChange(_ stderr: String, failingLine: Substring?) -> Bool {
+        if let line = failingLine, line.hasPrefix("-D ") || line.hasPrefix("-X ") || line.hasPrefix("-N ") {
+            return true
+        }
+        let symptoms = [
+            "Bad rule (does a matching rule exist", "No chain/target/match by that name", "Chain already exists",
+            "does not exist", "Resource temporarily unavailable", "Device or resource busy", "Too many links",
+            "Directory not empty",
+        ]
+        return symptoms.contains { stderr.contains($0) }
     }
 
     func failedLine(_ stderr: String) -> Int? {

@@ -1,4 +1,5 @@
 import CNftnl
+import MeshSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -25,7 +26,7 @@ public protocol NetlinkTransport {
 /// without it a failing large message can overflow the receive buffer) and
 /// `NETLINK_EXT_ACK` (the kernel adds the offset of the offending attribute).
 public final class NetfilterSocket: NetlinkTransport {
-    private let socket: OpaquePointer
+    fileprivate let socket: OpaquePointer
 
     /// Opens the socket in the current network namespace, or — with `networkNamespace`, a
     /// path such as `/var/run/netns/pod` or `/proc/PID/ns/net` — inside that namespace:
@@ -161,38 +162,56 @@ public final class NetfilterSocket: NetlinkTransport {
         return nil
     }
 
+    /// Sends the dump request and collects the replies; a dump the kernel flags
+    /// `NLM_F_DUMP_INTR` (the ruleset changed while it ran) is repeated, with a new sequence
+    /// number (see `NetlinkConversation.dump`).
     public func dump(_ request: [UInt8]) throws(NetlinkError) -> [[UInt8]] {
-        let sent = request.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) }
-        guard sent == request.count else { throw NetlinkError(.system, "sendto (dump request)", errno: currentErrno()) }
-        let sequence = request.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }
-        var replies: [[UInt8]] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let received = buffer.withUnsafeMutableBytes { mnl_socket_recvfrom(socket, $0.baseAddress, $0.count) }
-            if received < 0 {
-                let code = currentErrno()
-                if code == EINTR { continue }
-                throw NetlinkError(.system, "recv (dump)", errno: code)
+        guard request.count >= NetlinkFrames.headerSize else { throw NetlinkError(.malformedReply, "dump request") }
+        do {
+            return try dumps.dump { seq in
+                var patched = request
+                withUnsafeBytes(of: seq.littleEndian) { patched.replaceSubrange(8..<12, with: $0) }
+                return patched
+            }.map(\.bytes)
+        } catch {
+            switch error {
+            case .system(let call): throw NetlinkError(.system, call.call, errno: call.errno)
+            case .kernel(let errno): throw NetlinkError(.kernel, "dump", errno: errno)
+            case .malformed: throw NetlinkError(.malformedReply, "dump reply")
+            case .interrupted: throw NetlinkError(.system, "dump (\(error))", errno: error.errno)
             }
-            var offset = 0
-            while offset + MemoryLayout<nlmsghdr>.size <= received {
-                let header = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: nlmsghdr.self) }
-                let length = Int(header.nlmsg_len)
-                guard length >= MemoryLayout<nlmsghdr>.size, offset + length <= received else {
-                    throw NetlinkError(.malformedReply, "dump reply")
+        }
+    }
+
+    private lazy var dumps = NetlinkConversation(io: DatagramIO(socket: self), firstSequence: 0x4d53_8000)
+
+    /// The socket's datagram I/O for `NetlinkConversation`.
+    private final class DatagramIO: NetlinkIO {
+        unowned let socket: NetfilterSocket
+        var buffer = [UInt8](repeating: 0, count: 65536)
+
+        init(socket: NetfilterSocket) { self.socket = socket }
+
+        func send(_ datagram: [UInt8]) throws(SystemCallError) {
+            let sent = datagram.withUnsafeBytes { mnl_socket_sendto(socket.socket, $0.baseAddress, $0.count) }
+            guard sent == datagram.count else {
+                throw SystemCallError("sendto (dump request)", errno: sent < 0 ? currentErrno() : EMSGSIZE)
+            }
+        }
+
+        func receive() throws(SystemCallError) -> [UInt8] {
+            let fd = mnl_socket_get_fd(socket.socket)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
+                if n < 0 {
+                    let code = currentErrno()
+                    if code == EINTR { continue }
+                    throw SystemCallError("recv (dump)", errno: code)
                 }
-                if header.nlmsg_seq == sequence {
-                    if header.nlmsg_type == UInt16(NLMSG_DONE) { return replies }
-                    if header.nlmsg_type == UInt16(NLMSG_ERROR) {
-                        let error = buffer.withUnsafeBytes {
-                            $0.loadUnaligned(fromByteOffset: offset + MemoryLayout<nlmsghdr>.size, as: Int32.self)
-                        }
-                        if error == 0 { return replies }
-                        throw NetlinkError(.kernel, "dump", errno: -error)
-                    }
-                    replies.append(Array(buffer[offset..<(offset + length)]))
+                guard n <= buffer.count else {
+                    throw SystemCallError("recv (dump): \(n)-byte datagram", errno: EMSGSIZE)
                 }
-                offset += (length + 3) & ~3
+                return Array(buffer[0..<n])
             }
         }
     }

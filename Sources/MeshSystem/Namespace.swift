@@ -9,6 +9,9 @@ public struct NamespaceError: Error, Sendable, Hashable, CustomStringConvertible
     public var path: String
     public var errno: Int32
     public var description: String { "cannot enter network namespace \(path): \(errnoText(errno))" }
+
+    /// A `/proc/PID/ns/net` whose process has exited (found by a walk, gone when reached).
+    public var vanished: Bool { path.hasPrefix("/proc/") && (errno == ENOENT || errno == ESRCH) }
 }
 
 /// Moves the calling thread (call it first thing, on the main thread, so every later socket

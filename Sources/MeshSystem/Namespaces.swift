@@ -65,3 +65,107 @@ func directoryEntries(_ path: String) -> [String] {
     }
     return names
 }
+
+/// An exclusive lock on the calling thread's network namespace, held until released (or the
+/// process exits): `flock(2)` on the namespace's nsfs inode (`/proc/thread-self/ns/net`).
+/// Every process in the same namespace opens the same inode, so meshinit runs that change
+/// one namespace (installs, cleanups, a node agent's and the pod's own) take turns, while
+/// different pods' namespaces never contend — and it needs no file on disk (a read-only root
+/// filesystem is fine) and does not touch `/run/xtables.lock`, which iptables-legacy takes
+/// itself for every restore.
+public final class NamespaceLock {
+    private let fd: Int32
+
+    /// Why the lock could not be taken.
+    public enum Failure: Error, Sendable, Hashable, CustomStringConvertible {
+        /// Another process held it for the whole wait.
+        case busy(seconds: Int)
+        case system(SystemCallError)
+
+        public var description: String {
+            switch self {
+            case .busy(let seconds):
+                "another meshinit is changing this network namespace (lock on /proc/thread-self/ns/net still held after \(seconds)s)"
+            case .system(let error): "cannot lock the network namespace: \(error)"
+            }
+        }
+    }
+
+    /// Takes the lock, waiting up to `timeoutSeconds`. Returns nil where there is no `/proc`
+    /// to lock through (a bare chroot): the caller goes on unlocked.
+    public static func acquire(timeoutSeconds: Int) throws(Failure) -> NamespaceLock? {
+        let fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { return nil }
+            throw .system(SystemCallError("open /proc/thread-self/ns/net", errno: code))
+        }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let deadline = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + Int64(timeoutSeconds) * 1000
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            guard code == EWOULDBLOCK || code == EINTR else {
+                close(fd)
+                throw .system(SystemCallError("flock /proc/thread-self/ns/net", errno: code))
+            }
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            if Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 >= deadline {
+                close(fd)
+                throw .busy(seconds: timeoutSeconds)
+            }
+            usleep(5000)
+        }
+        return NamespaceLock(fd: fd)
+    }
+
+    private init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+}
+
+/// Whether IPv6 can hold anything in this network namespace.
+public enum IPv6Availability: Sendable, Hashable {
+    case available
+    /// The kernel has no IPv6 (booted with `ipv6.disable=1`, or built without it).
+    case unsupported
+    /// `net.ipv6.conf.all.disable_ipv6=1` in this namespace.
+    case disabled
+
+    public var reason: String? {
+        switch self {
+        case .available: nil
+        case .unsupported: "the kernel has no IPv6 (AF_INET6 sockets are not supported)"
+        case .disabled: "IPv6 is disabled in this network namespace (net.ipv6.conf.all.disable_ipv6=1)"
+        }
+    }
+
+    /// Asks the kernel: an AF_INET6 socket, then the namespace's `disable_ipv6` sysctl.
+    public static func current() -> IPv6Availability {
+        let fd = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { return errno == EAFNOSUPPORT ? .unsupported : .available }
+        close(fd)
+        let flag = LiveSystem().readFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        return flag?.first == "1" ? .disabled : .available
+    }
+}
+
+/// Whether a TCP socket of this network namespace listens on `port` (IPv4 or IPv6), from
+/// `/proc/thread-self/net/tcp{,6}` (which show the calling thread's namespace). Nil when
+/// neither can be read.
+public func tcpListening(on port: UInt16) -> Bool? {
+    var readAny = false
+    for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        guard let text = LiveSystem().readFile(file) else { continue }
+        readAny = true
+        for line in text.split(separator: "\n").dropFirst() {
+            // "  0: 00000000:3A99 00000000:0000 0A ..." — local address:port (hex), state 0A = LISTEN.
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count > 3, fields[3] == "0A", let colon = fields[1].lastIndex(of: ":"),
+                let local = UInt16(fields[1][fields[1].index(after: colon)...], radix: 16)
+            else { continue }
+            if local == port { return true }
+        }
+    }
+    return readAny ? false : nil
+}

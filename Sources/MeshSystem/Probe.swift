@@ -1,3 +1,4 @@
+import CMeshShims
 import MeshModel
 
 #if canImport(Glibc)

@@ -1,3 +1,5 @@
+import CMeshShims
+import CRtnetlink
 import MeshModel
 
 #if canImport(Glibc)
@@ -5,192 +7,347 @@ import MeshModel
 #endif
 
 /// Policy routing for TPROXY and the `::6` passthrough address, through rtnetlink (no `ip`
-/// process). Idempotent both ways; removal is derived from the live state.
+/// process). Idempotent both ways; removal is derived from the live state. Every kernel
+/// answer is checked: a failed dump or delete is an error with its errno, never "nothing
+/// there".
 ///
 /// Equivalent commands: `ip -6 addr add ::6/128 dev lo`, and per family
 /// `ip rule add fwmark M lookup T` + `ip route replace local default dev lo table T`.
 public struct PolicyRouting {
     public var log: (String) -> Void
+    let open: () throws(Failure) -> any NetlinkIO
+    let loopback: () -> UInt32
 
+    /// The live system: a NETLINK_ROUTE socket in the current network namespace.
     public init(log: @escaping (String) -> Void) {
-        self.log = log
+        self.init(log: log, open: Self.openSocket, loopbackIndex: { if_nametoindex("lo") })
     }
 
-    /// Why routing could not be set up.
+    static func openSocket() throws(Failure) -> any NetlinkIO {
+        do {
+            return try NetlinkSocket(protocol: NETLINK_ROUTE, name: "NETLINK_ROUTE")
+        } catch {
+            throw Failure("open rtnetlink socket", errno: error.errno)
+        }
+    }
+
+    /// With another netlink I/O (tests script the kernel's replies) and loopback index.
+    public init(
+        log: @escaping (String) -> Void, open: @escaping () throws(Failure) -> any NetlinkIO,
+        loopbackIndex: @escaping () -> UInt32
+    ) {
+        self.log = log
+        self.open = open
+        self.loopback = loopbackIndex
+    }
+
+    /// Why routing could not be read or changed: what was being done, and the errno.
     public struct Failure: Error, Sendable, Hashable, CustomStringConvertible {
-        public var message: String
-        public var permission: Bool
+        public var operation: String
+        /// The kernel's or the system call's errno (nil: not an errno, e.g. no `lo`).
+        public var errno: Int32?
+        public var detail: String?
+
+        public init(_ operation: String, errno: Int32?, detail: String? = nil) {
+            self.operation = operation
+            self.errno = errno
+            self.detail = detail
+        }
+
+        public var permission: Bool { errno == EPERM || errno == EACCES }
+
+        public var message: String {
+            var text = "\(operation) failed"
+            if let detail { text += ": \(detail)" } else if let errno { text += ": \(errnoText(errno))" }
+            if permission { text += " (CAP_NET_ADMIN is needed)" }
+            return text
+        }
+
         public var description: String { message }
     }
 
+    /// One thing of ours that removal would delete.
+    public struct Removal: Sendable, Hashable {
+        enum Kind: Sendable, Hashable {
+            case rule(Family, MarkRule)
+            case route(Family, table: UInt32)
+            case passthroughAddress
+        }
+
+        let kind: Kind
+
+        /// What it is, for the log: `ipv4 ip rule fwmark 0x539 lookup 133`.
+        public var summary: String {
+            switch kind {
+            case .rule(let family, let rule):
+                "\(family.rawValue) ip rule fwmark 0x\(String(rule.mark, radix: 16)) lookup \(rule.table)"
+            case .route(let family, let table): "\(family.rawValue) route local default dev lo table \(table)"
+            case .passthroughAddress: "::6/128 on lo"
+            }
+        }
+
+        /// The same as an `ip` command (what a dry run prints).
+        public var command: String {
+            switch kind {
+            case .rule(let family, let rule):
+                "ip \(family == .ipv4 ? "-4" : "-6") rule del priority \(rule.priority) fwmark 0x\(String(rule.mark, radix: 16)) lookup \(rule.table)"
+            case .route(let family, let table):
+                "ip \(family == .ipv4 ? "-4" : "-6") route del local default dev lo table \(table)"
+            case .passthroughAddress: "ip -6 addr del ::6/128 dev lo"
+            }
+        }
+    }
+
     static let passthroughV6: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6]
-    static let ruleHeaderSize = 12
-    static let routeHeaderSize = 12
-    // Attribute numbers (linux/fib_rules.h, linux/rtnetlink.h, linux/if_addr.h).
-    static let fraPriority: UInt16 = 6
-    static let fraFwmark: UInt16 = 10
-    static let fraTable: UInt16 = 15
-    static let fraFwmask: UInt16 = 16
-    static let rtaOIF: UInt16 = 4
-    static let rtaTable: UInt16 = 15
-    static let ifaAddress: UInt16 = 1
+    static let ruleHeaderSize = MemoryLayout<fib_rule_hdr>.size
+    static let routeHeaderSize = MemoryLayout<rtmsg>.size
+    static let addressHeaderSize = MemoryLayout<ifaddrmsg>.size
 
     public func install(route: TproxyRoute?, families: [Family]) throws(Failure) {
-        var nl = try open()
+        let nl = RouteNetlink(io: try open())
         let lo = try loopbackIndex()
         if families.contains(.ipv6) {
-            let rc = try call(&nl, "add ::6/128 to lo") { (nl: inout RouteNetlink) throws(RouteNetlink.Failure) in
+            let rc = try call("add ::6/128 to lo") { () throws(NetlinkExchangeError) in
                 try nl.transact(
                     RouteNetlink.newAddress, flags: RouteNetlink.create | RouteNetlink.exclusive,
                     body: addressBody(lo: lo))
             }
-            if rc == 0 { log("added ::6/128 to lo") } else if rc != EEXIST { throw failure("add ::6/128 to lo", rc) }
+            if rc == 0 {
+                log("added ::6/128 to lo")
+            } else if rc != EEXIST {
+                throw Failure("add ::6/128 to lo", errno: rc)
+            }
         }
         guard let route else { return }
         for family in families {
             let what = "ip rule fwmark \(route.mark) lookup \(route.table) (\(family.rawValue))"
-            // The kernel's NLM_F_EXCL check compares priorities too, so look first.
-            let present = markRules(&nl, family: family).contains {
+            // The kernel's NLM_F_EXCL check compares priorities too, so look first; a dump that
+            // fails is an error (assuming "absent" would add a duplicate rule).
+            let present = try markRules(nl, family: family).contains {
                 $0.mark == route.mark.value && $0.table == route.table
             }
             if !present {
-                let rc = try call(&nl, what) { (nl: inout RouteNetlink) throws(RouteNetlink.Failure) in
+                let rc = try call(what) { () throws(NetlinkExchangeError) in
                     try nl.transact(
                         RouteNetlink.newRule, flags: RouteNetlink.create,
                         body: ruleHeader(family, table: route.table)
-                            + RouteNetlink.attribute(Self.fraFwmark, RouteNetlink.le32(route.mark.value))
-                            + RouteNetlink.attribute(Self.fraTable, RouteNetlink.le32(route.table)))
+                            + RouteNetlink.attribute(Int(FRA_FWMARK), RouteNetlink.le32(route.mark.value))
+                            + RouteNetlink.attribute(Int(FRA_TABLE), RouteNetlink.le32(route.table)))
                 }
-                if rc != 0 { throw failure(what, rc) }
+                if rc != 0 { throw Failure(what, errno: rc) }
                 log("added \(what)")
             }
             let routeWhat = "local default dev lo table \(route.table) (\(family.rawValue))"
-            let routeRC = try call(&nl, routeWhat) { (nl: inout RouteNetlink) throws(RouteNetlink.Failure) in
+            let routeRC = try call(routeWhat) { () throws(NetlinkExchangeError) in
                 try nl.transact(
                     RouteNetlink.newRoute, flags: RouteNetlink.create | RouteNetlink.replace,
-                    body: routeHeader(family, table: route.table, protocol: 3)
-                        + RouteNetlink.attribute(Self.rtaTable, RouteNetlink.le32(route.table))
-                        + RouteNetlink.attribute(Self.rtaOIF, RouteNetlink.le32(lo)))
+                    body: routeHeader(family, table: route.table, protocol: UInt8(RTPROT_BOOT))
+                        + RouteNetlink.attribute(Int(RTA_TABLE.rawValue), RouteNetlink.le32(route.table))
+                        + RouteNetlink.attribute(Int(RTA_OIF.rawValue), RouteNetlink.le32(lo)))
             }
-            if routeRC != 0 { throw failure(routeWhat, routeRC) }
+            if routeRC != 0 { throw Failure(routeWhat, errno: routeRC) }
         }
     }
 
-    /// Removes every `fwmark M lookup T` rule (nothing else in it) whose table T routes
-    /// `local default dev lo`, that route, and `::6/128` on lo. Returns what it removed.
-    public func remove() -> [String] {
-        guard var nl = try? RouteNetlink(), let lo = try? loopbackIndex() else { return [] }
-        var removed: [String] = []
-        for family in Family.allCases {
-            let tables = localDefaultTables(&nl, family: family, lo: lo)
-            for rule in markRules(&nl, family: family) where tables.contains(rule.table) {
-                var body = ruleHeader(family, table: rule.table)
-                body += RouteNetlink.attribute(Self.fraPriority, RouteNetlink.le32(rule.priority))
-                body += RouteNetlink.attribute(Self.fraFwmark, RouteNetlink.le32(rule.mark))
-                body += RouteNetlink.attribute(Self.fraTable, RouteNetlink.le32(rule.table))
-                if (try? nl.transact(RouteNetlink.deleteRule, flags: 0, body: body)) == 0 {
-                    removed.append(
-                        "\(family.rawValue) ip rule fwmark 0x\(String(rule.mark, radix: 16)) lookup \(rule.table)")
-                }
-                let routeBody =
-                    routeHeader(family, table: rule.table, protocol: 0)
-                    + RouteNetlink.attribute(Self.rtaTable, RouteNetlink.le32(rule.table))
-                    + RouteNetlink.attribute(Self.rtaOIF, RouteNetlink.le32(lo))
-                if (try? nl.transact(RouteNetlink.deleteRoute, flags: 0, body: routeBody)) == 0 {
-                    removed.append("\(family.rawValue) route local default dev lo table \(rule.table)")
-                }
+    /// What removal would delete, read from the live state: every `fwmark M lookup T` rule
+    /// (nothing else in it) whose table T routes `local default dev lo`, that route, and
+    /// `::6/128` on lo — for `families` only (IPv6 is left out where the kernel has none).
+    public func removals(families: [Family]) throws(Failure) -> [Removal] {
+        let nl = RouteNetlink(io: try open())
+        let lo = try loopbackIndex()
+        var out: [Removal] = []
+        for family in families {
+            let tables = try localDefaultTables(nl, family: family, lo: lo)
+            var routed: Set<UInt32> = []
+            for rule in try markRules(nl, family: family) where tables.contains(rule.table) {
+                out.append(Removal(kind: .rule(family, rule)))
+                if routed.insert(rule.table).inserted { out.append(Removal(kind: .route(family, table: rule.table))) }
             }
         }
-        if (try? nl.transact(RouteNetlink.deleteAddress, flags: 0, body: addressBody(lo: lo))) == 0 {
-            removed.append("::6/128 on lo")
+        if families.contains(.ipv6), try hasPassthroughAddress(nl, lo: lo) {
+            out.append(Removal(kind: .passthroughAddress))
+        }
+        return out
+    }
+
+    /// Deletes `removals`; returns the summary of each one deleted. Something already gone
+    /// (a concurrent cleanup) is skipped; any other refusal is an error.
+    public func remove(_ removals: [Removal]) throws(Failure) -> [String] {
+        guard !removals.isEmpty else { return [] }
+        let nl = RouteNetlink(io: try open())
+        let lo = try loopbackIndex()
+        var removed: [String] = []
+        for removal in removals {
+            let (type, body): (UInt16, [UInt8])
+            switch removal.kind {
+            case .rule(let family, let rule):
+                type = RouteNetlink.deleteRule
+                body =
+                    ruleHeader(family, table: rule.table)
+                    + RouteNetlink.attribute(Int(FRA_PRIORITY), RouteNetlink.le32(rule.priority))
+                    + RouteNetlink.attribute(Int(FRA_FWMARK), RouteNetlink.le32(rule.mark))
+                    + RouteNetlink.attribute(Int(FRA_TABLE), RouteNetlink.le32(rule.table))
+            case .route(let family, let table):
+                type = RouteNetlink.deleteRoute
+                body =
+                    routeHeader(family, table: table, protocol: UInt8(RTPROT_UNSPEC))
+                    + RouteNetlink.attribute(Int(RTA_TABLE.rawValue), RouteNetlink.le32(table))
+                    + RouteNetlink.attribute(Int(RTA_OIF.rawValue), RouteNetlink.le32(lo))
+            case .passthroughAddress:
+                type = RouteNetlink.deleteAddress
+                body = addressBody(lo: lo)
+            }
+            let rc = try call("delete \(removal.summary)") { () throws(NetlinkExchangeError) in
+                try nl.transact(type, flags: 0, body: body)
+            }
+            switch rc {
+            case 0: removed.append(removal.summary)
+            case ENOENT, ESRCH, EADDRNOTAVAIL: log("\(removal.summary): already gone")
+            default: throw Failure("delete \(removal.summary)", errno: rc)
+            }
         }
         return removed
     }
 
-    struct MarkRule {
+    struct MarkRule: Sendable, Hashable {
         var priority: UInt32
         var mark: UInt32
         var table: UInt32
     }
 
     /// Rules that only say "fwmark M (full mask) → lookup T".
-    func markRules(_ nl: inout RouteNetlink, family: Family) -> [MarkRule] {
+    func markRules(_ nl: RouteNetlink, family: Family) throws(Failure) -> [MarkRule] {
+        let allowed: Set<UInt16> = Set(
+            [
+                FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN,
+                FRA_PROTOCOL,
+            ]
+            .map { UInt16($0) })
+        let what = "dump \(family.rawValue) ip rules"
         var out: [MarkRule] = []
-        let allowed: Set<UInt16> = [Self.fraPriority, Self.fraFwmark, Self.fraTable, Self.fraFwmask, 13, 14, 21]
-        try? nl.dump(RouteNetlink.getRule, body: [familyCode(family)] + [UInt8](repeating: 0, count: 11)) { payload in
-            guard payload.count >= Self.ruleHeaderSize, payload[1] == 0, payload[2] == 0, payload[7] == 1 else {
-                return
+        for payload in try dump(nl, what, RouteNetlink.getRule, body: familyHeader(family, size: Self.ruleHeaderSize)) {
+            let attrs = try attributes(payload, Self.ruleHeaderSize, what)
+            // fib_rule_hdr: family dst_len src_len tos table res1 res2 action flags:u32
+            guard payload[1] == 0, payload[2] == 0, payload[7] == UInt8(FR_ACT_TO_TBL) else { continue }
+            guard Set(attrs.keys).isSubset(of: allowed), let mark = attrs[UInt16(FRA_FWMARK)], mark.count == 4 else {
+                continue
             }
-            let attrs = RouteNetlink.attributes(payload, headerSize: Self.ruleHeaderSize)
-            guard Set(attrs.keys).isSubset(of: allowed), let mark = attrs[Self.fraFwmark], mark.count == 4 else {
-                return
+            if let mask = attrs[UInt16(FRA_FWMASK)], mask.count != 4 || RouteNetlink.u32(mask, 0) != 0xffff_ffff {
+                continue
             }
-            if let mask = attrs[Self.fraFwmask], RouteNetlink.u32(mask, 0) != 0xffff_ffff { return }
-            let table = attrs[Self.fraTable].map { RouteNetlink.u32($0, 0) } ?? UInt32(payload[4])
-            let priority = attrs[Self.fraPriority].map { RouteNetlink.u32($0, 0) } ?? 0
+            let table = try u32(attrs[UInt16(FRA_TABLE)], what) ?? UInt32(payload[4])
+            let priority = try u32(attrs[UInt16(FRA_PRIORITY)], what) ?? 0
             out.append(MarkRule(priority: priority, mark: RouteNetlink.u32(mark, 0), table: table))
         }
         return out
     }
 
     /// Tables holding `local default dev lo`.
-    func localDefaultTables(_ nl: inout RouteNetlink, family: Family, lo: UInt32) -> Set<UInt32> {
+    func localDefaultTables(_ nl: RouteNetlink, family: Family, lo: UInt32) throws(Failure) -> Set<UInt32> {
+        let what = "dump \(family.rawValue) routes"
         var out: Set<UInt32> = []
-        try? nl.dump(RouteNetlink.getRoute, body: [familyCode(family)] + [UInt8](repeating: 0, count: 11)) { payload in
-            guard payload.count >= Self.routeHeaderSize, payload[1] == 0, payload[7] == 2 else { return }
-            let attrs = RouteNetlink.attributes(payload, headerSize: Self.routeHeaderSize)
-            guard let oif = attrs[Self.rtaOIF], RouteNetlink.u32(oif, 0) == lo else { return }
-            out.insert(attrs[Self.rtaTable].map { RouteNetlink.u32($0, 0) } ?? UInt32(payload[4]))
+        for payload in try dump(nl, what, RouteNetlink.getRoute, body: familyHeader(family, size: Self.routeHeaderSize))
+        {
+            let attrs = try attributes(payload, Self.routeHeaderSize, what)
+            // rtmsg: family dst_len src_len tos table protocol scope type flags:u32
+            guard payload[1] == 0, payload[7] == UInt8(RTN_LOCAL) else { continue }
+            guard try u32(attrs[UInt16(RTA_OIF.rawValue)], what) == lo else { continue }
+            out.insert(try u32(attrs[UInt16(RTA_TABLE.rawValue)], what) ?? UInt32(payload[4]))
         }
         return out
     }
 
+    /// Whether lo holds `::6/128`.
+    func hasPassthroughAddress(_ nl: RouteNetlink, lo: UInt32) throws(Failure) -> Bool {
+        let what = "dump ipv6 addresses"
+        for payload in try dump(
+            nl, what, RouteNetlink.getAddress, body: familyHeader(.ipv6, size: Self.addressHeaderSize))
+        {
+            let attrs = try attributes(payload, Self.addressHeaderSize, what)
+            // ifaddrmsg: family prefixlen flags scope index:u32
+            guard payload[1] == 128, RouteNetlink.u32(payload, 4) == lo else { continue }
+            if attrs[UInt16(IFA_ADDRESS)] == Self.passthroughV6 || attrs[UInt16(IFA_LOCAL)] == Self.passthroughV6 {
+                return true
+            }
+        }
+        return false
+    }
+
+    func dump(_ nl: RouteNetlink, _ what: String, _ type: UInt16, body: [UInt8]) throws(Failure) -> [[UInt8]] {
+        do {
+            return try nl.dump(type, body: body)
+        } catch {
+            throw failure(what, error)
+        }
+    }
+
+    func attributes(_ payload: [UInt8], _ headerSize: Int, _ what: String) throws(Failure) -> [UInt16: [UInt8]] {
+        do {
+            return try RouteNetlink.attributes(payload, headerSize: headerSize)
+        } catch {
+            throw Failure(what, errno: EBADMSG, detail: error.description)
+        }
+    }
+
+    func u32(_ attribute: [UInt8]?, _ what: String) throws(Failure) -> UInt32? {
+        guard let attribute else { return nil }
+        guard attribute.count == 4 else {
+            throw Failure(
+                what, errno: EBADMSG, detail: "malformed netlink reply: \(attribute.count)-byte u32 attribute")
+        }
+        return RouteNetlink.u32(attribute, 0)
+    }
+
     func familyCode(_ family: Family) -> UInt8 { family == .ipv4 ? UInt8(AF_INET) : UInt8(AF_INET6) }
+
+    /// A dump request's family header: the family, then zeros.
+    func familyHeader(_ family: Family, size: Int) -> [UInt8] {
+        [familyCode(family)] + [UInt8](repeating: 0, count: size - 1)
+    }
 
     /// fib_rule_hdr: family dst_len src_len tos table res1 res2 action(FR_ACT_TO_TBL) flags:u32.
     func ruleHeader(_ family: Family, table: UInt32) -> [UInt8] {
-        [familyCode(family), 0, 0, 0, table < 256 ? UInt8(table) : 0, 0, 0, 1] + RouteNetlink.le32(0)
+        [
+            familyCode(family), 0, 0, 0, table < 256 ? UInt8(table) : UInt8(RT_TABLE_UNSPEC.rawValue), 0, 0,
+            UInt8(FR_ACT_TO_TBL),
+        ]
+            + RouteNetlink.le32(0)
     }
 
     /// rtmsg: family dst_len src_len tos table protocol scope(host) type(local) flags:u32.
     func routeHeader(_ family: Family, table: UInt32, protocol: UInt8) -> [UInt8] {
-        [familyCode(family), 0, 0, 0, table < 256 ? UInt8(table) : 0, `protocol`, 254, 2] + RouteNetlink.le32(0)
+        [
+            familyCode(family), 0, 0, 0, table < 256 ? UInt8(table) : UInt8(RT_TABLE_UNSPEC.rawValue), `protocol`,
+            UInt8(RT_SCOPE_HOST.rawValue), UInt8(RTN_LOCAL),
+        ] + RouteNetlink.le32(0)
     }
 
     /// ifaddrmsg for ::6/128 on lo, plus IFA_ADDRESS.
     func addressBody(lo: UInt32) -> [UInt8] {
         [UInt8(AF_INET6), 128, 0, 0] + RouteNetlink.le32(lo)
-            + RouteNetlink.attribute(Self.ifaAddress, Self.passthroughV6)
-    }
-
-    func open() throws(Failure) -> RouteNetlink {
-        do {
-            return try RouteNetlink()
-        } catch {
-            throw failure("open rtnetlink socket", error.errno)
-        }
+            + RouteNetlink.attribute(Int(IFA_ADDRESS), Self.passthroughV6)
     }
 
     func loopbackIndex() throws(Failure) -> UInt32 {
-        let index = if_nametoindex("lo")
-        guard index != 0 else { throw Failure(message: "no lo interface in this network namespace", permission: false) }
+        let index = loopback()
+        guard index != 0 else {
+            throw Failure("find lo", errno: nil, detail: "no lo interface in this network namespace")
+        }
         return index
     }
 
-    func call(
-        _ nl: inout RouteNetlink, _ what: String, _ body: (inout RouteNetlink) throws(RouteNetlink.Failure) -> Int32
-    ) throws(Failure) -> Int32 {
+    func call(_ what: String, _ body: () throws(NetlinkExchangeError) -> Int32) throws(Failure) -> Int32 {
         do {
-            return try body(&nl)
+            return try body()
         } catch {
-            throw failure(what, error.errno)
+            throw failure(what, error)
         }
     }
 
-    func failure(_ what: String, _ code: Int32) -> Failure {
-        let permission = code == EPERM || code == EACCES
-        return Failure(
-            message: "\(what) failed: \(errnoText(code))\(permission ? " (CAP_NET_ADMIN is needed)" : "")",
-            permission: permission)
+    func failure(_ what: String, _ error: NetlinkExchangeError) -> Failure {
+        switch error {
+        case .kernel, .system: Failure(what, errno: error.errno)
+        case .malformed, .interrupted: Failure(what, errno: error.errno, detail: error.description)
+        }
     }
 }

@@ -193,22 +193,79 @@ func failure(_ error: PolicyRouting.Failure) -> CommandFailure {
     CommandFailure(status: error.permission ? .permission : .failure, message: error.message)
 }
 
-/// Removes our rules (both backends) and routes, found from the live state; idempotent.
-/// Returns what was removed, one line each.
-func cleanEverything(_ context: Context) throws -> [String] {
-    var removed: [String]
+/// Everything of ours a cleanup would remove, read from the live state (both backends and
+/// the routes): what `clean` carries out, and what a dry run prints.
+struct CleanupPlan {
+    var iptables: [IptablesBackend.CleanupStep] = []
+    /// Our nft tables (`istio-proxy-*`) present.
+    var nftTables: [String] = []
+    var routes: [PolicyRouting.Removal] = []
+    /// Families cleaned (IPv6 is left out where the kernel cannot hold it).
+    var families: [Family] = Family.allCases
+    /// Things worth saying, e.g. why IPv6 was skipped.
+    var notes: [String] = []
+
+    var isEmpty: Bool { iptables.isEmpty && nftTables.isEmpty && routes.isEmpty }
+
+    /// The plan as text: iptables-restore payloads, nft commands, ip commands.
+    var text: String {
+        var out = notes.map { "# note: \($0)\n" }.joined()
+        if isEmpty { return out + "# nothing of ours installed\n" }
+        for step in iptables {
+            out += "# \(step.family.rawValue): \(step.tools.restore) --noflush\n" + step.payload
+        }
+        if !nftTables.isEmpty {
+            out += "# nft -f\n" + nftTables.map { "delete table inet \($0)\n" }.joined()
+        }
+        if !routes.isEmpty {
+            out += "# routes\n" + routes.map { $0.command + "\n" }.joined()
+        }
+        return out
+    }
+}
+
+/// Reads what a cleanup would remove; changes nothing.
+func planCleanup(_ context: Context) throws -> CleanupPlan {
+    var plan = CleanupPlan()
+    if let reason = IPv6Availability.current().reason {
+        plan.families = [.ipv4]
+        plan.notes.append("\(reason): IPv6 rules and routes skipped")
+    }
     do {
-        removed = try context.iptables.clean()
+        plan.iptables = try context.iptables.cleanupPlan(families: plan.families)
     } catch {
         throw failure(error)
     }
     do {
-        let nl = NftablesBackend(transport: try NetfilterSocket())
-        let before = try nl.installedTables()
-        try nl.clean()
-        removed += before.map { "nft table inet \($0)" }
+        plan.nftTables = try NftablesBackend(transport: try context.sockets.get()).installedTables()
+    } catch {
+        // A kernel without nf_tables cannot hold our tables: nothing to clean there.
+        if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
+    }
+    do {
+        plan.routes = try context.routing.removals(families: plan.families)
+    } catch {
+        throw failure(error)
+    }
+    return plan
+}
+
+/// Carries out a cleanup plan; returns what was removed, one line each. Idempotent.
+func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] {
+    var removed: [String]
+    do {
+        removed = try context.iptables.clean(plan.iptables)
+    } catch {
+        throw failure(error)
+    }
+    do {
+        let nl = NftablesBackend(transport: try context.sockets.get())
+        if !plan.nftTables.isEmpty {
+            try nl.clean()
+            removed += plan.nftTables.map { "nft table inet \($0)" }
+        }
         // iptables-nft rules of ours that no iptables binary here could remove: say so.
-        let left = try nl.iptablesNftChains()
+        let left = try nl.iptablesNftChains().filter { plan.families.contains(.ipv6) || $0.hasPrefix("ip ") }
         if !left.isEmpty {
             throw CommandFailure(
                 status: .unavailable,
@@ -217,14 +274,52 @@ func cleanEverything(_ context: Context) throws -> [String] {
             )
         }
     } catch let error as NetlinkError {
-        // A kernel without nf_tables cannot hold our tables: nothing to clean there.
         if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
     }
-    removed += context.routing.remove()
+    do {
+        removed += try context.routing.remove(plan.routes)
+    } catch {
+        throw failure(error)
+    }
+    return removed
+}
+
+/// Removes our rules (both backends) and routes, found from the live state, holding the
+/// namespace lock; idempotent. With `--dry-run` it prints what it would remove and changes
+/// nothing. Returns what was removed (or would be), one line each.
+@discardableResult
+func cleanEverything(_ context: Context) throws -> [String] {
+    if context.settings.run.dryRun {
+        let plan = try planCleanup(context)
+        writeStandardOutput(plan.text)
+        return plan.isEmpty ? [] : ["(dry run)"]
+    }
+    let lock = try lockNamespace(context)
+    defer { withExtendedLifetime(lock) {} }
+    let plan = try planCleanup(context)
+    for note in plan.notes { context.log.info(note) }
+    let removed = try executeCleanup(plan, context)
     for line in removed { context.log.info("removed: \(line)") }
     if removed.isEmpty { context.log.info("nothing of ours found") }
     return removed
 }
+
+/// The namespace lock (see `NamespaceLock`), waited for as long as iptables waits for its own.
+func lockNamespace(_ context: Context) throws -> NamespaceLock? {
+    do {
+        let lock = try NamespaceLock.acquire(timeoutSeconds: lockWaitSeconds)
+        if lock == nil { context.log.info("no /proc/thread-self/ns/net to lock: going on without the namespace lock") }
+        return lock
+    } catch {
+        switch error {
+        case .busy: throw CommandFailure(status: .temporary, message: error.description)
+        case .system: throw CommandFailure(status: .failure, message: error.description)
+        }
+    }
+}
+
+/// Seconds to wait for a lock (the namespace lock, and the xtables lock of iptables-legacy).
+let lockWaitSeconds = 30
 
 struct Install: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -242,10 +337,13 @@ struct Install: ParsableCommand {
 func install(given: [IstioFlag: String]) throws {
     let settings = try resolveSettings(given: given)
     let plan = Planner.plan(settings.capture)
-    if settings.run.dryRun && !settings.run.cleanupOnly {
+    if settings.run.dryRun {
         printWarnings(settings)
-        // Dry-run prints exactly what would be applied to a clean namespace, per backend.
-        if settings.run.nativeNftables {
+        // A dry run never writes: it prints what would be removed, or what would be applied
+        // to a clean namespace, per backend.
+        if settings.run.cleanupOnly {
+            try cleanEverything(Context(settings))
+        } else if settings.run.nativeNftables {
             writeStandardOutput(NftScript.render(plan))
         } else {
             for family in plan.families {
@@ -259,10 +357,12 @@ func install(given: [IstioFlag: String]) throws {
     context.logConfig(
         backend: netlink ? "nftables (netlink)" : settings.run.cleanupOnly ? "cleanup" : "iptables-restore")
     if settings.run.cleanupOnly {
-        _ = try cleanEverything(context)
+        try cleanEverything(context)
         return
     }
     if !settings.run.skipRuleApply {
+        let lock = try lockNamespace(context)
+        defer { withExtendedLifetime(lock) {} }
         do {
             if netlink {
                 if try context.netlink().apply(plan) {
@@ -300,7 +400,11 @@ func install(given: [IstioFlag: String]) throws {
 struct Clean: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clean",
-        abstract: "Remove every rule, chain and route of ours, found from the live state (flags are not needed)."
+        abstract: "Remove every rule, chain and route of ours, found from the live state (flags are not needed).",
+        discussion: """
+            With --dry-run (-n) nothing is changed: what would be removed is printed (iptables-restore \
+            payloads, nft and ip commands), per namespace with --all-namespaces.
+            """
     )
 
     @OptionGroup var options: IstioOptions
@@ -310,49 +414,93 @@ struct Clean: ParsableCommand {
         help: "Clean every network namespace on the node (/run/netns/*, /proc/*/ns/net), not just this one.")
     var allNamespaces = false
 
+    @Flag(
+        name: .customLong("force"),
+        help:
+            "With --all-namespaces: clean namespaces where something listens on the proxy port (-p, default 15001) too."
+    )
+    var force = false
+
     func run() throws {
         guard allNamespaces else {
+            if force {
+                throw CommandFailure(status: .usage, message: "--force only applies to clean --all-namespaces")
+            }
             let settings = try resolveSettings(options)
-            _ = try cleanEverything(Context(settings))
+            try cleanEverything(Context(settings))
             return
         }
-        try cleanAllNamespaces(options)
+        try cleanAllNamespaces(options, force: force)
     }
 }
 
 /// `clean --all-namespaces`: every network namespace on the node except our own, each
-/// cleaned of both backends' rules and our routes, with a report per namespace.
-func cleanAllNamespaces(_ options: IstioOptions) throws {
+/// cleaned of both backends' rules and our routes, with a report per namespace. A namespace
+/// where something listens on the proxy's outbound port is a live pod: skipped unless
+/// `force`. A namespace whose process exited during the walk is skipped, not an error.
+func cleanAllNamespaces(_ options: IstioOptions, force: Bool) throws {
     let settings = try resolveSettings(options, enterNamespace: false)
     let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
+    let dryRun = settings.run.dryRun
+    let proxyPort = settings.capture.proxyPort
     let home = currentNetworkNamespaceInode()
     var failures = 0
     var cleaned = 0
+    var skipped = 0
     for ns in listNetworkNamespaces() where ns.inode != home {
+        let label = "\(ns.path) (netns \(ns.inode))"
         do {
-            let removed = try withNetworkNamespace(ns.path) { () throws -> [String] in
+            let outcome = try withNetworkNamespace(ns.path) { () throws -> NamespaceCleanup in
+                if !force, tcpListening(on: proxyPort.value) == true {
+                    return .live
+                }
                 var context = Context(settings)
                 context.log = Logger(level: .none, json: false)
-                return try cleanEverything(context)
+                if dryRun { return .planned(try planCleanup(context)) }
+                return .removed(try cleanEverything(context))
             }
-            if removed.isEmpty {
-                log.info("\(ns.path) (netns \(ns.inode)): nothing of ours")
-            } else {
+            switch outcome {
+            case .live:
+                skipped += 1
+                log.warn(
+                    "\(label): skipped: something listens on port \(proxyPort) (a running proxy?); --force cleans it anyway"
+                )
+            case .planned(let plan):
+                if !plan.isEmpty { cleaned += 1 }
+                writeStandardOutput("# \(label)\n" + plan.text)
+            case .removed(let removed) where removed.isEmpty:
+                log.info("\(label): nothing of ours")
+            case .removed(let removed):
                 cleaned += 1
-                log.info("\(ns.path) (netns \(ns.inode)): removed \(removed.joined(separator: "; "))")
+                log.info("\(label): removed \(removed.joined(separator: "; "))")
             }
+        } catch let error as NamespaceError where error.vanished {
+            log.info("\(label): gone before it was reached (its process exited): skipped")
         } catch let failure as CommandFailure {
             failures += 1
-            log.log(.error, "\(ns.path) (netns \(ns.inode)): \(failure.message)")
+            log.log(.error, "\(label): \(failure.message)")
         } catch {
             failures += 1
-            log.log(.error, "\(ns.path) (netns \(ns.inode)): \(error)")
+            log.log(.error, "\(label): \(error)")
         }
     }
-    log.info("cleaned \(cleaned) network namespaces (the caller's own namespace is skipped: use `meshinit clean`)")
+    let verb = dryRun ? "would clean" : "cleaned"
+    log.info(
+        "\(verb) \(cleaned) network namespaces, skipped \(skipped) with a listener on port \(proxyPort) (the caller's own namespace is skipped: use `meshinit clean`)"
+    )
     if failures > 0 {
         throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be cleaned")
     }
+}
+
+/// What happened in one namespace of `clean --all-namespaces`.
+enum NamespaceCleanup {
+    /// Something listens on the proxy port: not touched.
+    case live
+    /// Dry run: what would be removed.
+    case planned(CleanupPlan)
+    /// What was removed.
+    case removed([String])
 }
 
 struct Verify: ParsableCommand {
@@ -370,7 +518,17 @@ struct Verify: ParsableCommand {
         let plan = Planner.plan(settings.capture)
         let differences: [String]
         do {
-            differences = context.usesNetlink ? try context.netlink().verify(plan) : try context.iptables.verify(plan)
+            if context.usesNetlink {
+                differences = try context.netlink().verify(plan)
+            } else {
+                var families = Family.allCases
+                if let reason = IPv6Availability.current().reason {
+                    // Nothing can be installed for IPv6 here, and ip6tables may not even work.
+                    context.log.info("\(reason): IPv6 rules not compared")
+                    families = [.ipv4]
+                }
+                differences = try context.iptables.verify(plan, families: families)
+            }
         } catch let error as IptablesError {
             throw failure(error)
         } catch let error as NetlinkError {

@@ -163,6 +163,54 @@ func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded:
         #expect(restores[2].stdin == before)
     }
 
+    /// Another writer between our save and our restore: the restore fails on a `-D` of a rule
+    /// that is gone; one retry from a fresh dump.
+    @Test func concurrentChangeIsRetriedOnceFromAFreshDump() throws {
+        let plan = seedPlan(ipv6: false)
+        let runner = FakeRunner(binaries: allBinaries)
+        // Our jump twice (two installs raced before meshinit locked): reconcile deletes both.
+        runner.dumps["iptables-nft-save"] =
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n"
+            + "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
+        var attempts = 0
+        runner.restoreResult = { _, _, stdin in
+            attempts += 1
+            let lines = stdin.split(separator: "\n")
+            let line = (lines.firstIndex { $0.hasPrefix("-D ") } ?? 0) + 1
+            return attempts == 1
+                ? CommandResult(
+                    status: 1,
+                    stderr:
+                        "iptables-nft-restore: line \(line) failed: Bad rule (does a matching rule exist in that chain?).\n"
+                )
+                : CommandResult(status: 0)
+        }
+        _ = try backend(runner).apply(plan)
+        #expect(runner.restores.count == 2)
+        #expect(runner.calls.filter { $0.path.hasSuffix("-save") }.count == 2, "the retry starts from a fresh dump")
+    }
+
+    @Test func concurrentChangeTwiceIsAnError() {
+        let runner = FakeRunner(binaries: allBinaries)
+        runner.restoreResult = { _, _, _ in
+            CommandResult(status: 1, stderr: "iptables-nft-restore: line 2 failed: Chain already exists.\n")
+        }
+        #expect(throws: IptablesError.self) { try backend(runner).apply(seedPlan(ipv6: false)) }
+        #expect(runner.restores.count == 2)
+    }
+
+    @Test func otherFailuresAreNotRetried() {
+        let runner = FakeRunner(binaries: allBinaries)
+        runner.restoreResult = { _, _, _ in
+            CommandResult(
+                status: 2,
+                stderr:
+                    "iptables-restore v1.8.9 (nf_tables): Couldn't load target `REDIRECT':No such file or directory\n")
+        }
+        #expect(throws: IptablesError.self) { try backend(runner).apply(seedPlan(ipv6: false)) }
+        #expect(runner.restores.count == 1)
+    }
+
     @Test func failuresAreClassified() {
         let cases: [(String, IptablesError.Kind, String)] = [
             ("Another app is currently holding the xtables lock. Stopped waiting after 30s.\n", .lockBusy, "lock"),
@@ -221,6 +269,25 @@ func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded:
         #expect(!block.contains("KUBE"))
         // A table without any ISTIO state is not touched, even with the same shape of rule.
         #expect(!block.contains("INPUT"))
+    }
+
+    /// What a dry run prints: read from the live state, nothing written.
+    @Test func cleanupPlanOnlyReads() throws {
+        let plan = seedPlan()
+        let runner = FakeRunner(binaries: allBinaries)
+        runner.dumps["iptables-nft-save"] = dumpAfterInstall(plan, family: .ipv4)
+        runner.dumps["ip6tables-nft-save"] = dumpAfterInstall(plan, family: .ipv6)
+        let steps = try backend(runner).cleanupPlan()
+        #expect(steps.map(\.family) == [.ipv4, .ipv6])
+        #expect(steps[0].payload.contains("-D OUTPUT -j ISTIO_OUTPUT"))
+        #expect(steps[0].payload.contains("-X ISTIO_OUTPUT"))
+        #expect(runner.restores.isEmpty)
+        // IPv6 left out (the kernel has none): ip6tables is not even asked.
+        let v4Only = try backend(runner).cleanupPlan(families: [.ipv4])
+        #expect(v4Only.map(\.family) == [.ipv4])
+        let calls = runner.calls.count
+        _ = try backend(runner).clean(families: [.ipv4])
+        #expect(!runner.calls[calls...].contains { $0.path.contains("ip6tables") })
     }
 
     @Test func cleanupOfCleanStateIsEmpty() {

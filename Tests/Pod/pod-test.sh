@@ -304,6 +304,16 @@ else
 fi
 
 # ---- node cleanup ---------------------------------------------------------------------------
+# deploy/node-cleanup.yaml must be one-shot (a reboot must not re-run it and strip capture from
+# running pods): a Job, restartPolicy Never, one attempt; its container's args are used below.
+manifest=deploy/node-cleanup.yaml
+if grep -q '^kind: Job$' $manifest && ! grep -q 'kind: DaemonSet' $manifest &&
+    grep -q '^ *restartPolicy: Never$' $manifest && grep -q '^ *backoffLimit: 0\b' $manifest; then
+    ok "$manifest is a one-shot Job (restartPolicy Never, backoffLimit 0)"
+else
+    fail "$manifest is not a one-shot Job"
+fi
+read -r -a node_args <<<"$(sed -n 's/^ *args: \[\(.*\)\]$/\1/p' $manifest | tr -d ',')"
 if scripts/image --bin dist/meshinit --iptables --tag "$node_image" >"$work/node-image.log" 2>&1; then
     ok "node-cleanup image (--iptables): $(tail -1 "$work/node-image.log" | sed 's/^image: //')"
     # Three namespace files on a private mount: iptables-installed rules, netlink-installed
@@ -330,8 +340,8 @@ if scripts/image --bin dist/meshinit --iptables --tag "$node_image" >"$work/node
     fi
     if podman run --rm --pid=private --network=host --cap-drop ALL --cap-add NET_ADMIN,SYS_ADMIN,SYS_PTRACE \
         --security-opt no-new-privileges -v "$work/netns:/run/netns:ro,rslave" \
-        "$node_image" clean --all-namespaces --log_output_level=default:info >"$work/node.log" 2>&1; then
-        ok "clean --all-namespaces in the node-cleanup image exited 0"
+        "$node_image" "${node_args[@]}" >"$work/node.log" 2>&1; then
+        ok "${node_args[*]} (the manifest's args) in the node-cleanup image exited 0"
     else
         fail "clean --all-namespaces in the node-cleanup image failed:"
         sed 's/^/    /' "$work/node.log"

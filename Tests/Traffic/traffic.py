@@ -571,6 +571,184 @@ def exit_codes(r, t):
                 raise Failure("fallback to the netlink backend not logged: %r" % p.stdout)
 
 
+class Bare:
+    """A throwaway namespace with only lo up (no veth, no servers): quiet, so rule dumps stay
+    byte-identical between two reads."""
+    counter = 0
+
+    def __init__(self):
+        Bare.counter += 1
+        self.pod = "%s-bare%d" % (PREFIX, Bare.counter)
+
+    def __enter__(self):
+        sh(["ip", "netns", "add", self.pod])
+        self.ns(self.pod, ["ip", "link", "set", "lo", "up"])
+        return self
+
+    def __exit__(self, *exc):
+        sh(["ip", "netns", "del", self.pod], check=False)
+
+    def ns(self, ns, cmd, **kw):
+        return sh(["ip", "netns", "exec", ns] + cmd, **kw)
+
+
+def dumps(t):
+    """Everything a cleanup could touch, as the kernel reports it, by command (comment lines,
+    which carry timestamps, dropped): both iptables variants and families, nft, ip rules,
+    routes of every table, addresses."""
+    out = {}
+    for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save",
+                 "nft list ruleset", "ip -4 rule", "ip -6 rule", "ip -4 route show table all",
+                 "ip -6 route show table all", "ip addr"):
+        p = t.ns(t.pod, tool.split(), check=False)
+        out[tool] = "\n".join(l for l in p.stdout.splitlines() if not l.startswith("#"))
+    return out
+
+
+def full_state(t):
+    return "\n".join("$ %s\n%s" % item for item in dumps(t).items())
+
+
+def ours_left(state):
+    return [l for l in state.splitlines() if "ISTIO" in l or "istio-proxy" in l or "0x539" in l or "::6/128" in l]
+
+
+@scenario
+def dry_run_never_writes(r, t):
+    """--dry-run --cleanup-only, clean --dry-run, clean -n and DRY_RUN=true print what they
+    would remove and leave every dump byte-identical; the real clean then removes it."""
+    with Bare() as b:
+        r.meshinit(b, SEED + ["--ipv6=on", "-m", "TPROXY"])
+        before = full_state(b)
+        if not ours_left(before):
+            raise Failure("nothing installed to clean:\n" + before)
+        want = "delete table inet istio-proxy-" if r.backend == "nft" else "-D PREROUTING -p tcp -j ISTIO_INBOUND"
+        runs = [(SEED + ["--dry-run", "--cleanup-only"], None), (["--cleanup-only"], {"DRY_RUN": "true"}),
+                (["-n", "--cleanup-only=true"], None)]
+        for args, env in runs:
+            p = r.meshinit(b, args, env=env)
+            for needle in (want, "ip -4 rule del priority", "ip -6 addr del ::6/128 dev lo"):
+                if needle not in p.stdout:
+                    raise Failure("%s: %r not in what it would remove:\n%s" % (args, needle, p.stdout))
+            if full_state(b) != before:
+                raise Failure("%s changed the kernel's state" % args)
+        for args in (["clean", "--dry-run"], ["clean", "-n"]):
+            p = sh([IP, "netns", "exec", b.pod, r.binary] + args)
+            if want not in p.stdout or full_state(b) != before:
+                raise Failure("%s: printed %r, state unchanged: %s" % (args, p.stdout[-300:], full_state(b) == before))
+        sh([IP, "netns", "exec", b.pod, r.binary, "clean"])
+        left = ours_left(full_state(b))
+        if left:
+            raise Failure("clean left: %s" % left)
+        p = sh([IP, "netns", "exec", b.pod, r.binary, "clean", "--dry-run"])
+        if "nothing of ours installed" not in p.stdout:
+            raise Failure("dry run after clean: %r" % p.stdout)
+
+
+def concurrently(t, commands, env=None):
+    """Starts every command at once inside the namespace; returns [(exit status, stderr)]."""
+    procs = [subprocess.Popen([IP, "netns", "exec", t.pod] + c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, **(env or {}))) for c in commands]
+    return [(p.wait(timeout=120), p.stderr.read().strip()) for p in procs]
+
+
+@scenario
+def concurrent_installs_converge(r, t):
+    """8 installs of the seed's flags at once into a fresh namespace, 30 rounds: every one
+    exits 0 and the namespace ends exactly as after one install."""
+    args = SEED + ["--ipv6=on"]
+    with Bare() as ref:
+        r.meshinit(ref, args)
+        want = r.state(ref)
+    rounds = 30 if r.backend == "iptables" else 10
+    for n in range(rounds):
+        with Bare() as b:
+            results = concurrently(b, [[r.binary] + r.flags(args)] * 8)
+            bad = [(rc, err) for rc, err in results if rc != 0]
+            if bad:
+                raise Failure("round %d: %d of 8 installs failed: %s" % (n + 1, len(bad), bad[0][1][-300:]))
+            if r.state(b) != want:
+                import difflib
+                raise Failure("round %d: state differs from one install:\n%s" % (n + 1, "\n".join(
+                    difflib.unified_diff(want.splitlines(), r.state(b).splitlines(), lineterm=""))))
+
+
+@scenario
+def clean_races_install(r, t):
+    """Installs and cleans started together: all exit 0, and the namespace ends either fully
+    installed (verify exits 0) or with nothing of ours, never in between."""
+    args = SEED + ["--ipv6=on"]
+    for n in range(10):
+        with Bare() as b:
+            if n % 2:
+                r.meshinit(b, args)
+            install = [r.binary] + r.flags(args)
+            clean = [r.binary, "clean"] + r.flags([])
+            results = concurrently(b, [install, clean, install, clean, clean, install])
+            bad = [(rc, err) for rc, err in results if rc != 0]
+            if bad:
+                raise Failure("round %d: %d of 6 runs failed: %s" % (n + 1, len(bad), bad[0][1][-300:]))
+            verify = sh([IP, "netns", "exec", b.pod, r.binary, "verify"] + r.flags(args), check=False)
+            if verify.returncode != 0 and ours_left(full_state(b)):
+                raise Failure("round %d: neither installed nor clean:\n%s" % (n + 1, verify.stdout[-600:]))
+
+
+@scenario
+def ipv6_disabled_clean_and_verify(r, t):
+    """With IPv6 disabled in the namespace, and ip6tables failing as it does on a kernel booted
+    with ipv6.disable=1: verify compares IPv4, and clean still removes the IPv4 rules, the nft
+    tables and the IPv4 routes; IPv6 is skipped, and the output says so."""
+    import tempfile
+    with Bare() as b:
+        r.meshinit(b, SEED + ["--ipv6=on", "-m", "TPROXY"])
+        for key in ("all", "default", "lo"):
+            b.ns(b.pod, ["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % key])
+        shims = tempfile.mkdtemp(prefix="meshinit-noipv6-")
+        try:
+            for variant in ("", "-nft", "-legacy"):
+                for kind in ("save", "restore"):
+                    shim = os.path.join(shims, "ip6tables%s-%s" % (variant, kind))
+                    with open(shim, "w") as f:
+                        f.write("#!/bin/sh\necho 'ip6tables: Could not fetch rule set generation id: "
+                                "Address family not supported by protocol' >&2\nexit 1\n")
+                    os.chmod(shim, 0o755)
+                    real = shutil.which("iptables%s-%s" % (variant, kind))
+                    if real:
+                        os.symlink(real, os.path.join(shims, "iptables%s-%s" % (variant, kind)))
+            run = [IP, "netns", "exec", b.pod, "env", "PATH=%s:%s" % (shims, os.environ.get("PATH", "")), r.binary]
+            p = subprocess.run(run + ["verify"] + r.flags(SEED + ["-m", "TPROXY", "--ipv6=on"]),
+                               capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                raise Failure("verify with IPv6 disabled exited %d: %s" % (p.returncode, (p.stdout + p.stderr)[-600:]))
+            p = subprocess.run(run + ["clean"], capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                raise Failure("clean with IPv6 disabled exited %d: %s" % (p.returncode, (p.stdout + p.stderr)[-600:]))
+            if "IPv6 rules and routes skipped" not in p.stdout:
+                raise Failure("clean did not say IPv6 was skipped: %r" % p.stdout[-400:])
+        finally:
+            shutil.rmtree(shims, ignore_errors=True)
+        state = dumps(b)
+        for tool in ("iptables-nft-save", "iptables-legacy-save", "ip -4 rule"):
+            if ours_left(state[tool]):
+                raise Failure("%s still shows ours: %s" % (tool, ours_left(state[tool])))
+        # (nft also lists iptables-nft's ip6 tables, which IPv6 being skipped leaves.)
+        if "istio-proxy" in state["nft list ruleset"]:
+            raise Failure("our nft tables left")
+        if " table 133" in state["ip -4 route show table all"]:
+            raise Failure("IPv4 TPROXY route left")
+
+
+@scenario
+def interface_wildcard_means_a_prefix(r, t):
+    """-c veth+ excludes veth0 on every backend (iptables veth+, nft "veth*"); -c + alone is refused."""
+    r.meshinit(t, SEED + ["--ipv6=off", "-c", "veth+"])
+    expect(t.connect("10.200.0.1", 80), "world 10.200.0.1:80", "outbound via veth0 (excluded by veth+)")
+    expect(t.connect("10.200.0.2", 8080, where=t.world), "app 8080", "inbound via veth0 (excluded by veth+)")
+    p = r.meshinit(t, SEED + ["--ipv6=off", "-c", "+"], expect=64)
+    if "--istio-exclude-interfaces" not in p.stderr or len(p.stderr.strip().splitlines()) != 1:
+        raise Failure("-c +: want one line naming the flag, got %r" % p.stderr)
+
+
 def loop(host, port):
     """Connect in a loop until SIGTERM, printing each answer (for the no-escape test)."""
     stop = []

@@ -1,0 +1,273 @@
+import CMeshShims
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A failed system call, with its errno.
+public struct SystemCallError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The call and its object, e.g. `socket(NETLINK_ROUTE)`, `open /run/netns/pod`.
+    public var call: String
+    public var errno: Int32
+
+    public init(_ call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String { "\(call): \(errnoText(errno))" }
+}
+
+/// One netlink message of a datagram.
+public struct NetlinkMessage: Sendable, Hashable {
+    public var type: UInt16
+    public var flags: UInt16
+    public var sequence: UInt32
+    /// The bytes after the 16-byte header.
+    public var payload: [UInt8]
+    /// The whole message, header included.
+    public var bytes: [UInt8]
+
+    /// The errno of an `NLMSG_ERROR` or `NLMSG_DONE` message (0: an acknowledgement, or a
+    /// dump that ended well); nil for other types.
+    ///
+    /// - Throws: `NetlinkFrameError` when the payload is too short to hold it.
+    public func status() throws(NetlinkFrameError) -> Int32? {
+        guard type == UInt16(NLMSG_ERROR) || type == UInt16(NLMSG_DONE) else { return nil }
+        guard payload.count >= 4 else {
+            // A DONE without a payload is an old kernel's "dump finished"; an ERROR must carry one.
+            if type == UInt16(NLMSG_DONE) && payload.isEmpty { return 0 }
+            throw NetlinkFrameError(
+                reason: "\(type == UInt16(NLMSG_ERROR) ? "error" : "done") message of \(payload.count) payload bytes")
+        }
+        let raw = UInt32(payload[0]) | UInt32(payload[1]) << 8 | UInt32(payload[2]) << 16 | UInt32(payload[3]) << 24
+        return -Int32(bitPattern: raw)
+    }
+
+    /// Whether the kernel marked this dump reply inconsistent: the objects changed while the
+    /// dump ran (`NLM_F_DUMP_INTR`), so the dump must be repeated.
+    public var dumpInterrupted: Bool { flags & UInt16(NLM_F_DUMP_INTR) != 0 }
+}
+
+/// A datagram that is not a sequence of well-formed netlink messages.
+public struct NetlinkFrameError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var reason: String
+    public var description: String { "malformed netlink reply: \(reason)" }
+}
+
+/// Splits datagrams into netlink messages, strictly: a message shorter than its header or
+/// longer than what is left is an error, never "the end" (a truncated reply must not read
+/// as success).
+public enum NetlinkFrames {
+    public static let headerSize = 16
+
+    public static func parse(_ datagram: [UInt8]) throws(NetlinkFrameError) -> [NetlinkMessage] {
+        var messages: [NetlinkMessage] = []
+        var offset = 0
+        while offset < datagram.count {
+            guard datagram.count - offset >= headerSize else {
+                throw NetlinkFrameError(reason: "\(datagram.count - offset) trailing bytes at offset \(offset)")
+            }
+            let length = Int(le32(datagram, offset))
+            guard length >= headerSize, length <= datagram.count - offset else {
+                throw NetlinkFrameError(
+                    reason: "message length \(length) at offset \(offset) of a \(datagram.count)-byte datagram")
+            }
+            messages.append(
+                NetlinkMessage(
+                    type: le16(datagram, offset + 4), flags: le16(datagram, offset + 6),
+                    sequence: le32(datagram, offset + 8),
+                    payload: Array(datagram[(offset + headerSize)..<(offset + length)]),
+                    bytes: Array(datagram[offset..<(offset + length)])))
+            offset += (length + 3) & ~3
+        }
+        return messages
+    }
+
+    static func le16(_ bytes: [UInt8], _ at: Int) -> UInt16 { UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8 }
+
+    static func le32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+    }
+}
+
+/// Why a netlink exchange failed.
+public enum NetlinkExchangeError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A socket call failed.
+    case system(SystemCallError)
+    /// The kernel answered with an errno.
+    case kernel(errno: Int32)
+    /// A reply was not well formed.
+    case malformed(NetlinkFrameError)
+    /// Every attempt of the dump was interrupted by concurrent changes (`NLM_F_DUMP_INTR`).
+    case interrupted(attempts: Int)
+
+    public var errno: Int32? {
+        switch self {
+        case .system(let error): error.errno
+        case .kernel(let errno): errno
+        case .malformed: EBADMSG
+        case .interrupted: EINTR
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .system(let error): error.description
+        case .kernel(let errno): errnoText(errno)
+        case .malformed(let error): error.description
+        case .interrupted(let attempts):
+            "the dump was interrupted by concurrent changes \(attempts) times in a row (NLM_F_DUMP_INTR)"
+        }
+    }
+}
+
+/// A netlink socket's datagram I/O: the seam that lets tests script the kernel's replies.
+public protocol NetlinkIO: AnyObject {
+    /// Sends one datagram to the kernel.
+    func send(_ datagram: [UInt8]) throws(SystemCallError)
+    /// Receives one datagram (blocking).
+    func receive() throws(SystemCallError) -> [UInt8]
+}
+
+/// Request/acknowledge and dump exchanges over a `NetlinkIO`, with increasing sequence numbers.
+public final class NetlinkConversation {
+    public let io: any NetlinkIO
+    private var sequence: UInt32
+    /// How many times a dump is repeated when the kernel flags it interrupted.
+    public let dumpAttempts: Int
+
+    public init(io: any NetlinkIO, firstSequence: UInt32 = 1, dumpAttempts: Int = 5) {
+        self.io = io
+        sequence = firstSequence
+        self.dumpAttempts = max(1, dumpAttempts)
+    }
+
+    /// The next sequence number.
+    public func nextSequence() -> UInt32 {
+        defer { sequence &+= 1 }
+        return sequence
+    }
+
+    /// Sends `request(seq)` (built with `NLM_F_ACK`) and returns the errno of the kernel's
+    /// acknowledgement (0: done).
+    public func acknowledged(_ request: (UInt32) -> [UInt8]) throws(NetlinkExchangeError) -> Int32 {
+        let seq = nextSequence()
+        do {
+            try io.send(request(seq))
+        } catch {
+            throw .system(error)
+        }
+        while true {
+            for message in try receiveMessages() where message.sequence == seq {
+                let status: Int32?
+                do {
+                    status = try message.status()
+                } catch {
+                    throw .malformed(error)
+                }
+                if let status { return status }
+            }
+        }
+    }
+
+    /// Sends `request(seq)` (a dump: `NLM_F_REQUEST | NLM_F_DUMP`) and returns every reply
+    /// message until `NLMSG_DONE`. A dump the kernel flags `NLM_F_DUMP_INTR` is repeated from
+    /// the start (with a new sequence number), at most `dumpAttempts` times in all.
+    public func dump(_ request: (UInt32) -> [UInt8]) throws(NetlinkExchangeError) -> [NetlinkMessage] {
+        for _ in 0..<dumpAttempts {
+            let seq = nextSequence()
+            do {
+                try io.send(request(seq))
+            } catch {
+                throw .system(error)
+            }
+            var replies: [NetlinkMessage] = []
+            var interrupted = false
+            var done = false
+            while !done {
+                for message in try receiveMessages() where message.sequence == seq {
+                    if message.dumpInterrupted { interrupted = true }
+                    let status: Int32?
+                    do {
+                        status = try message.status()
+                    } catch {
+                        throw .malformed(error)
+                    }
+                    guard let status else {
+                        replies.append(message)
+                        continue
+                    }
+                    if status != 0 { throw .kernel(errno: status) }
+                    done = true
+                    break
+                }
+            }
+            if !interrupted { return replies }
+        }
+        throw .interrupted(attempts: dumpAttempts)
+    }
+
+    private func receiveMessages() throws(NetlinkExchangeError) -> [NetlinkMessage] {
+        let datagram: [UInt8]
+        do {
+            datagram = try io.receive()
+        } catch {
+            throw .system(error)
+        }
+        do {
+            return try NetlinkFrames.parse(datagram)
+        } catch {
+            throw .malformed(error)
+        }
+    }
+}
+
+/// A netlink socket of one protocol (`NETLINK_ROUTE`, `NETLINK_SOCK_DIAG`, …), closed on deinit.
+public final class NetlinkSocket: NetlinkIO {
+    let fd: Int32
+    private var buffer = [UInt8](repeating: 0, count: 65536)
+
+    public init(protocol number: Int32, name: String) throws(SystemCallError) {
+        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), number)
+        guard fd >= 0 else { throw SystemCallError("socket(\(name))", errno: errno) }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ datagram: [UInt8]) throws(SystemCallError) {
+        var address = sockaddr_nl()
+        address.nl_family = sa_family_t(AF_NETLINK)
+        while true {
+            let sent = datagram.withUnsafeBytes { raw in
+                withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(fd, raw.baseAddress, raw.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                    }
+                }
+            }
+            if sent < 0 && errno == EINTR { continue }
+            guard sent == datagram.count else {
+                throw SystemCallError("sendto (netlink)", errno: sent < 0 ? errno : EMSGSIZE)
+            }
+            return
+        }
+    }
+
+    public func receive() throws(SystemCallError) -> [UInt8] {
+        while true {
+            // MSG_TRUNC: the datagram's real length, so a reply larger than the buffer is an
+            // error instead of a silently shortened message.
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("recv (netlink)", errno: errno)
+            }
+            guard n <= buffer.count else {
+                throw SystemCallError("recv (netlink): \(n)-byte datagram", errno: EMSGSIZE)
+            }
+            return Array(buffer[0..<n])
+        }
+    }
+}

@@ -1,17 +1,24 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Layers, each its own target (see README "Design"):
-//   MeshModel    pure value types: ports, CIDRs, marks, owners, tables, chains, rules (the IR)
-//   MeshConfig   Istio flags + env → typed CaptureConfig (strict, parse once)
-//   MeshPlanner  CaptureConfig → Plan (pure)
-//   MeshRender   Plan → iptables-restore text, nft script, JSON (pure)
-//   MeshIptables the iptables-restore applier: live state (iptables-save) → converging restore
-//   MeshSystem   the only place that asks the system (passwd/group, interfaces, files, exec)
-//   CMeshShims   two GNU libc calls Swift cannot see without _GNU_SOURCE (setns, pipe2)
-//   CNftnl       system library: libnftnl + libmnl headers
-//   MeshNetlink  safe Swift layer over CNftnl: plan → netlink batch, send, dump
-//   meshinit     thin CLI on swift-argument-parser
+// Layers, each its own target; dependencies point down only (no back-edges):
+//
+//   MeshModel      pure values: ports, CIDRs, marks, owners, tables, chains, rules, the Plan (one
+//                  IR for both families and both backends), the CaptureConfig the planner takes,
+//                  the nft table layout
+//     ↑
+//   MeshConfig     a configuration source: Istio's flags (the flag table, the argv parser) and
+//                  environment → typed Settings (strict, parse once); takes argv/env as values
+//   MeshPlanner    CaptureConfig → Plan (pure; MeshModel only)
+//   MeshRender     Plan → iptables-restore text, nft script, JSON (pure)
+//     ↑
+//   MeshSystem     the OS: processes, namespaces, locks, netlink sockets, routes, files
+//                  (with CMeshShims: setns, pipe2; CRtnetlink: the kernel's rtnetlink constants)
+//   MeshIptables   applier: live state (iptables-save) → converging iptables-restore
+//   MeshNetlink    applier: plan → one nf_tables batch over libnftnl/libmnl (CNftnl), read back
+//     ↑
+//   meshinit       the CLI (swift-argument-parser): the only code that reads argv and the
+//                  environment (CArguments captures argv), one file per command
 let package = Package(
     name: "meshinit",
     products: [
@@ -24,12 +31,12 @@ let package = Package(
     targets: [
         .target(name: "MeshModel"),
         .target(name: "MeshConfig", dependencies: ["MeshModel"]),
-        .target(name: "MeshPlanner", dependencies: ["MeshModel", "MeshConfig"]),
+        .target(name: "MeshPlanner", dependencies: ["MeshModel"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
         .target(name: "CMeshShims"),
         .target(name: "CRtnetlink"),
-        .target(name: "MeshSystem", dependencies: ["MeshModel", "MeshConfig", "CMeshShims", "CRtnetlink"]),
-        .target(name: "MeshIptables", dependencies: ["MeshModel", "MeshConfig", "MeshRender", "MeshSystem"]),
+        .target(name: "MeshSystem", dependencies: ["MeshModel", "CMeshShims", "CRtnetlink"]),
+        .target(name: "MeshIptables", dependencies: ["MeshModel", "MeshRender", "MeshSystem"]),
         .systemLibrary(
             name: "CNftnl",
             path: "Sources/CNftnl",
@@ -41,9 +48,13 @@ let package = Package(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "CMeshShims", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+                "CArguments", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            exclude: ["CArguments"],
+            plugins: ["GitRevision"]
         ),
+        .target(name: "CArguments", path: "Sources/meshinit/CArguments"),
+        .plugin(name: "GitRevision", capability: .buildTool()),
         // Real-kernel test helpers shared by the test targets (not shipped).
         .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),

@@ -25,10 +25,4 @@
 #include <libnftnl/udata.h>
 
 static inline size_t cnftnl_socket_buffer_size(void) { return MNL_SOCKET_BUFFER_SIZE; }
-
-/// setns(fd, CLONE_NEWNET) for the calling thread; glibc declares setns only with _GNU_SOURCE.
-static inline int cnftnl_setns_net(int fd) { return (int)syscall(SYS_setns, fd, 0x40000000 /* CLONE_NEWNET */); }
-
-/// errno of the calling thread (Swift's `errno` works too; this keeps one spelling in the shim).
-static inline int cnftnl_errno(void) { return errno; }
 #endif

@@ -1,4 +1,3 @@
-import MeshConfig
 import MeshModel
 import MeshRender
 import MeshSystem

@@ -1,4 +1,5 @@
 import CNftnl
+import MeshSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -45,7 +46,7 @@ public struct NetlinkError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         var text = subject
         if let errno {
-            text += ": \(NetlinkError.errnoText(errno)) (\(NetlinkError.errnoName(errno)))"
+            text += ": \(errnoText(errno))"
         } else {
             switch code {
             case .allocation: text += ": out of memory"
@@ -60,33 +61,13 @@ public struct NetlinkError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Whether retrying the (idempotent, atomic-replace) batch may succeed: the kernel
-    /// reports the ruleset changed under us or a transient condition.
+    /// reports the ruleset changed under us or a transient condition (ERESTART is
+    /// kernel-internal, but nfnetlink can leak it on a replayed batch).
     public var isTransient: Bool {
         guard let errno else { return false }
-        return [EBUSY, EAGAIN, EINTR, NetlinkError.erestart, ENOBUFS].contains(errno)
-    }
-
-    /// Linux ERESTART (kernel-internal, but nfnetlink can leak it on a replayed batch).
-    static let erestart: Int32 = 85
-
-    static func errnoText(_ code: Int32) -> String {
-        guard let text = strerror(code) else { return "error \(code)" }
-        return String(cString: text)
-    }
-
-    /// Symbolic name of the errnos netlink and nf_tables report.
-    public static func errnoName(_ code: Int32) -> String {
-        let names: [Int32: String] = [
-            EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EBADF: "EBADF", EAGAIN: "EAGAIN",
-            ENOMEM: "ENOMEM", EACCES: "EACCES", EBUSY: "EBUSY", EEXIST: "EEXIST", ENODEV: "ENODEV",
-            EINVAL: "EINVAL", ENFILE: "ENFILE", EMFILE: "EMFILE", ENOSPC: "ENOSPC", ERANGE: "ERANGE",
-            E2BIG: "E2BIG", ELOOP: "ELOOP", EMSGSIZE: "EMSGSIZE", EPROTONOSUPPORT: "EPROTONOSUPPORT",
-            EOPNOTSUPP: "EOPNOTSUPP", EAFNOSUPPORT: "EAFNOSUPPORT", ENOBUFS: "ENOBUFS",
-            ETIMEDOUT: "ETIMEDOUT", erestart: "ERESTART", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR",
-        ]
-        return names[code] ?? "errno \(code)"
+        return [EBUSY, EAGAIN, EINTR, ERESTART, ENOBUFS].contains(errno)
     }
 }
 
 /// The current thread's errno.
-func currentErrno() -> Int32 { cnftnl_errno() }
+func currentErrno() -> Int32 { errno }

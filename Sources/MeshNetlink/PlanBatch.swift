@@ -4,7 +4,7 @@ import MeshRender
 /// Plan → netlink batch (pure bytes; no kernel).
 public enum NftBatchBuilder {
     /// The tables meshinit owns, in Istio's order.
-    public static let ownedTables: [Table] = NftScript.tableOrder
+    public static let ownedTables: [Table] = NftLayout.tableOrder
 
     /// The sequence number of the first (begin) message; fixed so batches are deterministic.
     public static let defaultFirstSequence: UInt32 = 1

@@ -31,35 +31,26 @@ public final class NetfilterSocket: NetlinkTransport {
     /// Opens the socket in the current network namespace, or — with `networkNamespace`, a
     /// path such as `/var/run/netns/pod` or `/proc/PID/ns/net` — inside that namespace:
     /// the calling thread enters it, creates the socket and returns to its own namespace
-    /// (a socket stays bound to the namespace it was created in).
+    /// (`withNetworkNamespace`; a socket stays bound to the namespace it was created in).
     ///
-    /// - Throws: `NetlinkError.system` naming the failing call (`open`, `setns`, `socket`).
+    /// - Throws: `NetlinkError.system` naming the failing call (`setns`, `socket`, `bind`).
     public init(networkNamespace: String? = nil) throws(NetlinkError) {
-        var restore: Int32 = -1
-        var target: Int32 = -1
-        defer {
-            if target >= 0 { close(target) }
-            if restore >= 0 { close(restore) }
-        }
+        let opened: OpaquePointer
         if let path = networkNamespace {
-            restore = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-            guard restore >= 0 else {
-                throw NetlinkError(.system, "open /proc/thread-self/ns/net", errno: currentErrno())
+            do {
+                opened = try withNetworkNamespace(path) { () throws(NetlinkError) -> OpaquePointer in
+                    try Self.open()
+                }
+            } catch let error as NamespaceError {
+                throw NetlinkError(.system, "\(error.call) \(error.path)", errno: error.errno)
+            } catch let error as NetlinkError {
+                throw error
+            } catch {
+                throw NetlinkError(.system, "setns \(path)", errno: EINVAL)
             }
-            target = open(path, O_RDONLY | O_CLOEXEC)
-            guard target >= 0 else { throw NetlinkError(.system, "open \(path)", errno: currentErrno()) }
-            guard cnftnl_setns_net(target) == 0 else {
-                throw NetlinkError(.system, "setns \(path)", errno: currentErrno())
-            }
+        } else {
+            opened = try Self.open()
         }
-        let opened = mnl_socket_open(NETLINK_NETFILTER)
-        let openErrno = currentErrno()
-        if restore >= 0 && cnftnl_setns_net(restore) != 0 {
-            // The thread could not go back: refuse to continue in the wrong namespace.
-            if let opened { mnl_socket_close(opened) }
-            throw NetlinkError(.system, "setns back to the original namespace", errno: currentErrno())
-        }
-        guard let opened else { throw NetlinkError(.system, "socket(NETLINK_NETFILTER)", errno: openErrno) }
         socket = opened
         var on: Int32 = 1
         _ = mnl_socket_setsockopt(opened, NETLINK_CAP_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -69,6 +60,13 @@ public final class NetfilterSocket: NetlinkTransport {
             mnl_socket_close(opened)
             throw NetlinkError(.system, "bind(NETLINK_NETFILTER)", errno: code)
         }
+    }
+
+    private static func open() throws(NetlinkError) -> OpaquePointer {
+        guard let opened = mnl_socket_open(NETLINK_NETFILTER) else {
+            throw NetlinkError(.system, "socket(NETLINK_NETFILTER)", errno: currentErrno())
+        }
+        return opened
     }
 
     deinit { mnl_socket_close(socket) }

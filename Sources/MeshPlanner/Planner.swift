@@ -1,4 +1,3 @@
-import MeshConfig
 import MeshModel
 
 /// Config → Plan. Pure: the same config always gives the same plan, and nothing is read or

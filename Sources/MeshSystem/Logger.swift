@@ -1,4 +1,3 @@
-import MeshConfig
 import MeshModel
 
 #if canImport(Glibc)

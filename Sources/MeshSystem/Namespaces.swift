@@ -4,6 +4,28 @@ import CMeshShims
     import Glibc
 #endif
 
+/// Why entering a network namespace failed.
+public struct NamespaceError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The call that failed: `open` (the path) or `setns`.
+    public var call: String
+    public var path: String
+    public var errno: Int32
+    public var description: String { "cannot enter network namespace \(path): \(call): \(errnoText(errno))" }
+
+    /// A `/proc/PID/ns/net` whose process has exited (found by a walk, gone when reached).
+    public var vanished: Bool { path.hasPrefix("/proc/") && (errno == ENOENT || errno == ESRCH) }
+}
+
+/// Moves the calling thread (call it first thing, on the main thread, so every later socket
+/// and child process lives there) into the network namespace at `path`
+/// (`/var/run/netns/NAME`, `/proc/PID/ns/net`). `setns(2)` with CLONE_NEWNET.
+public func enterNetworkNamespace(_ path: String) throws(NamespaceError) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw NamespaceError(call: "open", path: path, errno: errno) }
+    defer { close(fd) }
+    guard cmesh_setns_net(fd) == 0 else { throw NamespaceError(call: "setns", path: path, errno: errno) }
+}
+
 /// A network namespace found on the node.
 public struct NetworkNamespaceFile: Sendable, Hashable {
     /// A path that refers to it (`/run/netns/NAME` preferred over `/proc/PID/ns/net`).
@@ -40,7 +62,7 @@ public func currentNetworkNamespaceInode() -> UInt64? {
 /// was (children spawned inside inherit the namespace).
 public func withNetworkNamespace<T>(_ path: String, _ body: () throws -> T) throws -> T {
     let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-    guard home >= 0 else { throw NamespaceError(path: "/proc/thread-self/ns/net", errno: errno) }
+    guard home >= 0 else { throw NamespaceError(call: "open", path: "/proc/thread-self/ns/net", errno: errno) }
     defer { close(home) }
     try enterNetworkNamespace(path)
     defer {

@@ -43,25 +43,24 @@ public protocol CommandRunner {
 /// large payloads cannot deadlock. No shell, no Foundation.
 public struct SpawnRunner: CommandRunner {
     public var searchPath: [String]
-    /// The children's environment (`K=V`): the caller's, without locale variables, plus
-    /// `LC_ALL=C`, so that the messages meshinit classifies errors by (iptables' "Bad rule",
-    /// "Permission denied", …) never depend on the locale.
-    public var childEnvironment: [String]
+    /// The caller's environment (`K=V` entries), asked for when a child is started.
+    let environment: @Sendable () -> [String]
 
-    /// Searches `path` (a PATH value), or the process's PATH, or the usual default.
-    public init(path: String? = nil) {
-        let path =
-            path ?? getenv("PATH").map { String(cString: $0) }
-            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    /// The children's environment: the caller's, without locale variables, plus `LC_ALL=C`,
+    /// so that the messages meshinit classifies errors by (iptables' "Bad rule", "Permission
+    /// denied", …) never depend on the locale.
+    public var childEnvironment: [String] { Self.cLocale(environment()) }
+
+    /// Searches `path` (a PATH value) for binaries; children get `environment` (`K=V`
+    /// entries, the caller's environment as it is) with its locale variables replaced by
+    /// `LC_ALL=C`. Nothing is read from this process's environment here: the CLI passes it.
+    public init(path: String, environment: @escaping @Sendable () -> [String]) {
         searchPath = path.split(separator: ":").map(String.init)
-        var inherited: [String] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            inherited.append(String(cString: entry))
-            cursor += 1
-        }
-        childEnvironment = Self.cLocale(inherited)
+        self.environment = environment
     }
+
+    /// The PATH searched when the environment has none.
+    public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
     /// `environment` with every locale variable (`LANG`, `LANGUAGE`, `LC_*`) replaced by `LC_ALL=C`.
     public static func cLocale(_ environment: [String]) -> [String] {
@@ -177,16 +176,4 @@ public struct SpawnRunner: CommandRunner {
             status: exitCode, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self)
         )
     }
-}
-
-/// `strerror` text plus the symbolic name for the common codes.
-public func errnoText(_ code: Int32) -> String {
-    let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EEXIST: "EEXIST", EINVAL: "EINVAL", EBUSY: "EBUSY",
-        EACCES: "EACCES", EOPNOTSUPP: "EOPNOTSUPP", EAFNOSUPPORT: "EAFNOSUPPORT", ENOBUFS: "ENOBUFS",
-        EMSGSIZE: "EMSGSIZE", ENOMEM: "ENOMEM", ELOOP: "ELOOP", ERANGE: "ERANGE", EPROTONOSUPPORT: "EPROTONOSUPPORT",
-    ]
-    let text = String(cString: strerror(code))
-    if let name = names[code] { return "\(text) (\(name))" }
-    return "\(text) (errno \(code))"
 }

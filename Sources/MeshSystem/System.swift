@@ -1,4 +1,3 @@
-import MeshConfig
 import MeshModel
 
 #if canImport(Glibc)
@@ -8,8 +7,8 @@ import MeshModel
 #endif
 
 /// The live system, through libc (no Foundation): account databases, interface addresses,
-/// files and the environment.
-public struct LiveSystem: SystemLookup {
+/// files.
+public struct LiveSystem: Sendable {
     public init() {}
 
     public func userID(named name: String) -> UInt32? {
@@ -129,18 +128,6 @@ public struct LiveSystem: SystemLookup {
         case .ipv6: (address.high >> 54) == 0x3fa  // fe80::/10
         }
     }
-}
-
-/// The environment variables meshinit reads (Istio's flag variables and aliases, the
-/// env-only knobs, PATH), looked up one by one: cheaper at start-up than copying `environ`.
-public func meshinitEnvironment() -> [String: String] {
-    var names = IstioFlag.allCases.flatMap { [$0.environment, $0.aliasEnvironment].compactMap { $0 } }
-    names += EnvironmentKnob.allCases.map(\.rawValue) + ["PATH"]
-    var env: [String: String] = [:]
-    for name in names {
-        if let value = getenv(name) { env[name] = String(cString: value) }
-    }
-    return env
 }
 
 /// Writes all of `text` to a file descriptor, retrying on EINTR and short writes.

@@ -9,8 +9,4 @@ int cmesh_setns_net(int fd);
 /// pipe2(fds, O_CLOEXEC); returns 0 or -1 with errno.
 int cmesh_pipe_cloexec(int fds[2]);
 
-/// The process's arguments as the kernel passed them, captured by an ELF constructor (Swift's
-/// CommandLine.arguments reads /proc/self/cmdline on Linux and is empty without /proc).
-int cmesh_argc(void);
-char *const *cmesh_argv(void);
 #endif

@@ -1,0 +1,121 @@
+import ArgumentParser
+import MeshConfig
+import MeshIptables
+import MeshModel
+import MeshNetlink
+import MeshPlanner
+import MeshRender
+import MeshSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct CleanupPlan {
+    var iptables: [IptablesBackend.CleanupStep] = []
+    /// Our nft tables (`istio-proxy-*`) present.
+    var nftTables: [String] = []
+    var routes: [PolicyRouting.Removal] = []
+    /// Families cleaned (IPv6 is left out where the kernel cannot hold it).
+    var families: [Family] = Family.allCases
+    /// Things worth saying, e.g. why IPv6 was skipped.
+    var notes: [String] = []
+
+    var isEmpty: Bool { iptables.isEmpty && nftTables.isEmpty && routes.isEmpty }
+
+    /// The plan as text: iptables-restore payloads, nft commands, ip commands.
+    var text: String {
+        var out = notes.map { "# note: \($0)\n" }.joined()
+        if isEmpty { return out + "# nothing of ours installed\n" }
+        for step in iptables {
+            out += "# \(step.family.rawValue): \(step.tools.restore) --noflush\n" + step.payload
+        }
+        if !nftTables.isEmpty {
+            out += "# nft -f\n" + nftTables.map { "delete table inet \($0)\n" }.joined()
+        }
+        if !routes.isEmpty {
+            out += "# routes\n" + routes.map { $0.command + "\n" }.joined()
+        }
+        return out
+    }
+}
+
+/// Reads what a cleanup would remove; changes nothing.
+func planCleanup(_ context: Context) throws -> CleanupPlan {
+    var plan = CleanupPlan()
+    if let reason = IPv6Availability.current().reason {
+        plan.families = [.ipv4]
+        plan.notes.append("\(reason): IPv6 rules and routes skipped")
+    }
+    do {
+        plan.iptables = try context.iptables.cleanupPlan(families: plan.families)
+    } catch {
+        throw failure(error)
+    }
+    do {
+        plan.nftTables = try NftablesBackend(transport: try context.sockets.get()).installedTables()
+    } catch {
+        // A kernel without nf_tables cannot hold our tables: nothing to clean there.
+        if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
+    }
+    do {
+        plan.routes = try context.routing.removals(families: plan.families)
+    } catch {
+        throw failure(error)
+    }
+    return plan
+}
+
+/// Carries out a cleanup plan; returns what was removed, one line each. Idempotent.
+func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] {
+    var removed: [String]
+    do {
+        removed = try context.iptables.clean(plan.iptables)
+    } catch {
+        throw failure(error)
+    }
+    do {
+        let nl = NftablesBackend(transport: try context.sockets.get())
+        if !plan.nftTables.isEmpty {
+            try nl.clean()
+            removed += plan.nftTables.map { "nft table inet \($0)" }
+        }
+        // iptables-nft rules of ours that no iptables binary here could remove: say so.
+        let left = try nl.iptablesNftChains().filter { plan.families.contains(.ipv6) || $0.hasPrefix("ip ") }
+        if !left.isEmpty {
+            throw CommandFailure(
+                status: .unavailable,
+                message:
+                    "iptables rules of ours remain (\(left.joined(separator: ", "))) and no iptables-restore is available to remove them; run meshinit clean where iptables is installed"
+            )
+        }
+    } catch let error as NetlinkError {
+        if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
+    }
+    do {
+        removed += try context.routing.remove(plan.routes)
+    } catch {
+        throw failure(error)
+    }
+    return removed
+}
+
+/// Removes our rules (both backends) and routes, found from the live state, holding the
+/// namespace lock; idempotent. With `--dry-run` it prints what it would remove and changes
+/// nothing. Returns what was removed (or would be), one line each.
+@discardableResult
+func cleanEverything(_ context: Context) throws -> [String] {
+    if context.settings.run.dryRun {
+        let plan = try planCleanup(context)
+        writeStandardOutput(plan.text)
+        return plan.isEmpty ? [] : ["(dry run)"]
+    }
+    let lock = try lockNamespace(context)
+    defer { withExtendedLifetime(lock) {} }
+    let plan = try planCleanup(context)
+    for note in plan.notes { context.log.info(note) }
+    let removed = try executeCleanup(plan, context)
+    for line in removed { context.log.info("removed: \(line)") }
+    if removed.isEmpty { context.log.info("nothing of ours found") }
+    return removed
+}

@@ -11,6 +11,9 @@ import PackageDescription
 //                  environment → typed Settings (strict, parse once); takes argv/env as values
 //   MeshPlanner    CaptureConfig → Plan (pure; MeshModel only)
 //   MeshRender     Plan → iptables-restore text, nft script, JSON (pure)
+//   MeshCNI        another configuration source: the CNI protocol (request, result, error JSON),
+//                  the plugin's config keys and pod annotations → the same ConfigInput; editing
+//                  the node's .conflist (pure)
 //     ↑
 //   MeshSystem     the OS: processes, namespaces, locks, netlink sockets, routes, files
 //                  (with CMeshShims: setns, pipe2; CRtnetlink: the kernel's rtnetlink constants)
@@ -33,6 +36,7 @@ let package = Package(
         .target(name: "MeshConfig", dependencies: ["MeshModel"]),
         .target(name: "MeshPlanner", dependencies: ["MeshModel"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
+        .target(name: "MeshCNI", dependencies: ["MeshModel", "MeshConfig"]),
         .target(name: "CMeshShims"),
         .target(name: "CRtnetlink"),
         .target(name: "MeshSystem", dependencies: ["MeshModel", "CMeshShims", "CRtnetlink"]),
@@ -48,7 +52,7 @@ let package = Package(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "CArguments", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MeshCNI", "CArguments", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
             plugins: ["GitRevision"]
@@ -58,6 +62,13 @@ let package = Package(
         // Real-kernel test helpers shared by the test targets (not shipped).
         .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(
+            name: "MeshCNITests",
+            dependencies: [
+                "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
         .testTarget(name: "MeshSystemTests", dependencies: ["MeshSystem", "MeshModel", "CRtnetlink"]),
         .testTarget(
             name: "MeshCLITests",

@@ -2,7 +2,18 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/signalfd.h>
 #include "cmeshshims.h"
 
 int cmesh_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 int cmesh_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int cmesh_stop_signalfd(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}

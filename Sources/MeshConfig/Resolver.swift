@@ -5,12 +5,18 @@ public enum ValueSource: Sendable, Hashable, CustomStringConvertible {
     case flag(IstioFlag)
     case environment(String)
     case file(String)
+    /// A key of a JSON configuration (the CNI plugin's network configuration).
+    case configKey(String)
+    /// A pod annotation.
+    case annotation(String)
 
     public var description: String {
         switch self {
         case .flag(let flag): flag.displayName
         case .environment(let name): "environment variable \(name)"
         case .file(let path): path
+        case .configKey(let key): "config key \(quoted(key))"
+        case .annotation(let name): "annotation \(name)"
         }
     }
 }
@@ -60,7 +66,7 @@ public struct ConfigResolver {
     public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
         -> String?
     {
-        try networkNamespace(Input(flags: flags, environment: environment).text(.networkNamespace))
+        try networkNamespace(ConfigInput(flags: flags, environment: environment).text(.networkNamespace))
     }
 
     static func networkNamespace(_ value: (String, ValueSource)) throws(ConfigError) -> String? {
@@ -77,20 +83,27 @@ public struct ConfigResolver {
     ///
     /// - Throws: `ConfigError` naming the first bad value.
     public func resolve(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError) -> Settings {
-        let input = Input(flags: flags, environment: environment)
+        try resolve(ConfigInput(flags: flags, environment: environment))
+    }
+
+    /// Resolves values from any source (Istio's flags and environment, a CNI configuration
+    /// and pod annotations).
+    ///
+    /// - Throws: `ConfigError` naming the first bad value and where it came from.
+    public func resolve(_ input: ConfigInput) throws(ConfigError) -> Settings {
         // Every value given must be valid, even one that a higher-precedence source overrides
         // (Istio drops bad environment values silently; a wrong capture config is a hole).
         for flag in IstioFlag.allCases {
             for (text, source) in input.shadowed(flag) {
                 var probe = input
                 probe.forced = (flag, text, source)
-                _ = try resolve(probe)
+                _ = try settings(probe)
             }
         }
-        return try resolve(input)
+        return try settings(input)
     }
 
-    func resolve(_ input: Input) throws(ConfigError) -> Settings {
+    func settings(_ input: ConfigInput) throws(ConfigError) -> Settings {
         var settings = Settings()
         var c = CaptureConfig()
         var r = RunOptions()
@@ -314,45 +327,70 @@ public struct ConfigResolver {
     }
 }
 
-/// Flags and environment with Istio's precedence, remembering where each value came from.
-struct Input {
-    var flags: [IstioFlag: String]
-    var environment: [String: String]
+/// Values with their precedence, remembering where each came from: layers, lowest first (the
+/// last layer that holds a flag wins), over the table's defaults; and the environment-only
+/// knobs. Istio's order is environment < alias environment < command line; a CNI
+/// configuration's is Istio's injected defaults < config keys < pod annotations.
+public struct ConfigInput: Sendable {
+    public typealias Layer = [IstioFlag: Value]
+
+    public struct Value: Sendable, Hashable {
+        public var text: String
+        public var source: ValueSource
+
+        public init(_ text: String, _ source: ValueSource) {
+            self.text = text
+            self.source = source
+        }
+    }
+
+    public var layers: [Layer]
+    public var knobs: [EnvironmentKnob: Value]
     /// A value to use for one flag instead of the winner (to validate overridden values).
     var forced: (flag: IstioFlag, text: String, source: ValueSource)?
 
-    init(flags: [IstioFlag: String], environment: [String: String]) {
-        self.flags = flags
-        self.environment = environment
+    public init(layers: [Layer], knobs: [EnvironmentKnob: Value] = [:]) {
+        self.layers = layers
+        self.knobs = knobs
+    }
+
+    /// Istio's: command-line flags over alias environment variables over environment variables.
+    /// An empty boolean variable counts as unset (as Go's flag package leaves it).
+    public init(flags: [IstioFlag: String], environment: [String: String]) {
+        var primary: Layer = [:]
+        var alias: Layer = [:]
+        var given: Layer = [:]
+        for spec in IstioFlag.table {
+            let boolean = spec.value == .boolean
+            if let name = spec.environment, let v = environment[name], !(boolean && v.isEmpty) {
+                primary[spec.flag] = Value(v, .environment(name))
+            }
+            if let name = spec.aliasEnvironment, let v = environment[name], !(boolean && v.isEmpty) {
+                alias[spec.flag] = Value(v, .environment(name))
+            }
+            if let v = flags[spec.flag] { given[spec.flag] = Value(v, .flag(spec.flag)) }
+        }
+        var knobs: [EnvironmentKnob: Value] = [:]
+        for knob in EnvironmentKnob.allCases {
+            if let v = environment[knob.rawValue] { knobs[knob] = Value(v, .environment(knob.rawValue)) }
+        }
+        self.init(layers: [primary, alias, given], knobs: knobs)
     }
 
     /// The values of `flag` that lose to a higher-precedence source.
     func shadowed(_ flag: IstioFlag) -> [(String, ValueSource)] {
-        var present: [(String, ValueSource)] = []
-        if let name = flag.environment, let v = environment[name], !(flag.isBoolean && v.isEmpty) {
-            present.append((v, .environment(name)))
-        }
-        if let alias = flag.aliasEnvironment, let v = environment[alias], !(flag.isBoolean && v.isEmpty) {
-            present.append((v, .environment(alias)))
-        }
-        if let v = flags[flag] { present.append((v, .flag(flag))) }
-        return Array(present.dropLast())
+        Array(layers.compactMap { $0[flag] }.map { ($0.text, $0.source) }.dropLast())
     }
 
     func text(_ flag: IstioFlag) -> (String, ValueSource) {
         if let forced, forced.flag == flag { return (forced.text, forced.source) }
-        if let v = flags[flag] { return (v, .flag(flag)) }
-        if let alias = flag.aliasEnvironment, let v = environment[alias], !(flag.isBoolean && v.isEmpty) {
-            return (v, .environment(alias))
-        }
-        if let name = flag.environment, let v = environment[name], !(flag.isBoolean && v.isEmpty) {
-            return (v, .environment(name))
-        }
+        if let value = layers.last(where: { $0[flag] != nil })?[flag] { return (value.text, value.source) }
         return (flag.defaultValue, .flag(flag))
     }
 
     func knob(_ knob: EnvironmentKnob) -> (text: String, source: ValueSource) {
-        (environment[knob.rawValue] ?? knob.defaultValue, .environment(knob.rawValue))
+        if let value = knobs[knob] { return (value.text, value.source) }
+        return (knob.defaultValue, .environment(knob.rawValue))
     }
 
     func bool(_ flag: IstioFlag) throws(ConfigError) -> Bool {

@@ -168,7 +168,8 @@ public struct IptablesBackend {
     public func cleanupPlan(families: [Family] = Family.allCases) throws(IptablesError) -> [CleanupStep] {
         var steps: [CleanupStep] = []
         for family in families {
-            for tools in cleanupTools(for: family) {
+            // A variant with no table here holds nothing of ours: no dump needed.
+            for tools in cleanupTools(for: family) where hasTables(tools.variant, family) != false {
                 let changes = reconcile(live: try save(tools), desired: [])
                 if !changes.isEmpty { steps.append(CleanupStep(family: family, tools: tools, changes: changes)) }
             }

@@ -4,6 +4,8 @@ public indirect enum JSONValue: Sendable {
     case array([JSONValue])
     case string(String)
     case number(Int64)
+    /// A number kept as its JSON text (a fraction, an exponent, or beyond Int64).
+    case numberText(String)
     case bool(Bool)
     case null
 
@@ -35,6 +37,7 @@ public indirect enum JSONValue: Sendable {
             out += "]"
         case .string(let s): JSONValue.writeString(s, to: &out)
         case .number(let n): out += String(n)
+        case .numberText(let text): out += text
         case .bool(let b): out += b ? "true" : "false"
         case .null: out += "null"
         }

@@ -5,14 +5,18 @@ import MeshModel
 #endif
 
 /// Istio-style log lines on stdout (`2026-11-26T15:04:05.123456Z\tinfo\tmessage`), or JSON
-/// lines with `--log_as_json`. Errors go to stderr separately, as one line.
+/// lines with `--log_as_json`. Errors go to stderr separately, as one line. (The CNI plugin,
+/// whose stdout is the result, logs to another descriptor.)
 public struct Logger: Sendable {
     public var level: LogLevel
     public var json: Bool
+    /// Where the lines go (1: stdout).
+    public var descriptor: Int32
 
-    public init(level: LogLevel, json: Bool) {
+    public init(level: LogLevel, json: Bool, descriptor: Int32 = 1) {
         self.level = level
         self.json = json
+        self.descriptor = descriptor
     }
 
     public func info(_ message: String) { log(.info, message) }
@@ -21,20 +25,21 @@ public struct Logger: Sendable {
 
     public func log(_ at: LogLevel, _ message: String) {
         guard at >= level, level != .none else { return }
-        let time = timestamp()
+        let time = Logger.timestamp()
         if json {
             let fields: [(String, JSONValue)] = [
                 ("time", .string(time)), ("level", .string(at.rawValue)), ("scope", .string("meshinit")),
                 ("msg", .string(message)),
             ]
             let text = JSONValue.object(fields).serialized + "\n"
-            writeStandardOutput(text)
+            writeAll(text, to: descriptor)
         } else {
-            writeStandardOutput("\(time)\t\(at.rawValue)\t\(message)\n")
+            writeAll("\(time)\t\(at.rawValue)\t\(message)\n", to: descriptor)
         }
     }
 
-    func timestamp() -> String {
+    /// Now, as RFC 3339 UTC with microseconds.
+    public static func timestamp() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var t = ts.tv_sec

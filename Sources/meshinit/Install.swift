@@ -53,26 +53,7 @@ struct Install: ParsableCommand {
         if !settings.run.skipRuleApply {
             let lock = try lockNamespace(context)
             defer { withExtendedLifetime(lock) {} }
-            do {
-                if netlink {
-                    if try context.netlink().apply(plan) {
-                        let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
-                        context.log.info("nftables: installed \(tables) in one transaction")
-                    } else {
-                        context.log.info("nftables: rules already installed, nothing to do")
-                    }
-                } else {
-                    let changes = try context.iptables.apply(plan)
-                    for change in changes { context.log.info("changed: \(change)") }
-                }
-                try context.routing.install(route: plan.tproxyRoute, families: plan.families)
-            } catch let error as IptablesError {
-                throw failure(error)
-            } catch let error as NetlinkError {
-                throw failure(error)
-            } catch let error as PolicyRouting.Failure {
-                throw failure(error)
-            }
+            try applyPlan(plan, context, netlink: netlink)
         }
         if settings.run.runValidation {
             let probe = RedirectProbe(
@@ -85,5 +66,30 @@ struct Install: ParsableCommand {
                 throw CommandFailure(status: .validation, message: error.message)
             }
         }
+    }
+}
+
+/// Installs `plan` (rules through one backend, then TPROXY routes) in the current network
+/// namespace; the caller holds the namespace lock. Shared by `install` and the CNI plugin.
+func applyPlan(_ plan: Plan, _ context: Context, netlink: Bool) throws {
+    do {
+        if netlink {
+            if try context.netlink().apply(plan) {
+                let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
+                context.log.info("nftables: installed \(tables) in one transaction")
+            } else {
+                context.log.info("nftables: rules already installed, nothing to do")
+            }
+        } else {
+            let changes = try context.iptables.apply(plan)
+            for change in changes { context.log.info("changed: \(change)") }
+        }
+        try context.routing.install(route: plan.tproxyRoute, families: plan.families)
+    } catch let error as IptablesError {
+        throw failure(error)
+    } catch let error as NetlinkError {
+        throw failure(error)
+    } catch let error as PolicyRouting.Failure {
+        throw failure(error)
     }
 }

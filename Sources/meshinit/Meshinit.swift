@@ -12,7 +12,7 @@ struct Meshinit: ParsableCommand {
 
             """ + IstioFlagHelp.text,
         version: meshinitVersionLine,
-        subcommands: [Install.self, PlanCommand.self, Clean.self, Verify.self],
+        subcommands: [Install.self, PlanCommand.self, Clean.self, Verify.self, CNICommand.self],
         defaultSubcommand: Install.self
     )
 }

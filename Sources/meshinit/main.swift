@@ -11,8 +11,11 @@ import MeshSystem
 /// parser's reflection-driven parse costs about 15 M instructions per start; the table-driven
 /// parser a few thousand). Anything else — sub-commands, help, version, completions, and any
 /// command line the fast parser refuses — goes through swift-argument-parser, whose commands
-/// hand Istio's flags to the same parser (so its errors are the same).
+/// hand Istio's flags to the same parser (so its errors are the same). With `CNI_COMMAND`
+/// set, the runtime is calling us as a CNI plugin.
 func runMain() -> Int32 {
+    // A container runtime runs us as a CNI plugin: CNI_COMMAND set, arguments unused.
+    if CNIPlugin.invoked { return CNIPlugin.run() }
     guard let arguments = processArguments() else {
         writeStandardError("meshinit: cannot read the command line\n")
         return ExitStatus.unavailable.rawValue

@@ -8,5 +8,7 @@
 int cmesh_setns_net(int fd);
 /// pipe2(fds, O_CLOEXEC); returns 0 or -1 with errno.
 int cmesh_pipe_cloexec(int fds[2]);
+/// Blocks SIGTERM and SIGINT and returns a non-blocking signalfd for them, or -1 with errno.
+int cmesh_stop_signalfd(void);
 
 #endif

@@ -47,14 +47,15 @@ public struct PolicyRouting {
         /// The kernel's or the system call's errno (nil: not an errno, e.g. no `lo`).
         public var errno: Int32?
         public var detail: String?
+        /// Whether CAP_NET_ADMIN is what is missing (EPERM, EACCES, unless `detail` says otherwise).
+        public var permission: Bool
 
-        public init(_ operation: String, errno: Int32?, detail: String? = nil) {
+        public init(_ operation: String, errno: Int32?, detail: String? = nil, permission: Bool? = nil) {
             self.operation = operation
             self.errno = errno
             self.detail = detail
+            self.permission = permission ?? (errno == EPERM || errno == EACCES)
         }
-
-        public var permission: Bool { errno == EPERM || errno == EACCES }
 
         public var message: String {
             var text = "\(operation) failed"
@@ -114,6 +115,12 @@ public struct PolicyRouting {
             }
             if rc == 0 {
                 log("added ::6/128 to lo")
+            } else if rc == EACCES {
+                // addrconf's answer where IPv6 is disabled on the interface.
+                throw Failure(
+                    "add ::6/128 to lo", errno: rc,
+                    detail: "IPv6 is disabled on lo (disable_ipv6=1) but the plan has IPv6 rules: use --ipv6=off",
+                    permission: false)
             } else if rc != EEXIST {
                 throw Failure("add ::6/128 to lo", errno: rc)
             }

@@ -28,8 +28,9 @@ enum CNIPlugin {
         }
         var call = Call(environment: environment)
         let status: Int32
+        var stdin: [UInt8] = []
         do {
-            let stdin = try Files.readAll(0)
+            stdin = try Files.readAll(0)
             let request = try CNIRequest.parse(environment: environment, stdin: stdin)
             call.request = request
             let output = try perform(request, &call)
@@ -37,7 +38,7 @@ enum CNIPlugin {
             status = 0
         } catch let error as CNIError {
             call.verdict = "error \(error.code.rawValue): \(error)"
-            writeStandardOutput(error.json(cniVersion: call.request?.cniVersion ?? CNIVersion.current))
+            writeStandardOutput(error.json(cniVersion: call.request?.cniVersion ?? Self.version(of: stdin)))
             status = 1
         } catch {
             let failure = CNIError(.ioFailure, "cannot read the network configuration", details: "\(error)")
@@ -47,6 +48,14 @@ enum CNIPlugin {
         }
         call.log(durationMicroseconds: monotonicMicroseconds() - started)
         return status
+    }
+
+    /// The configuration's cniVersion, for an error found before the request was read whole
+    /// (errors are written in the version the runtime asked for, where it is known).
+    static func version(of stdin: [UInt8]) -> String {
+        guard let text = (try? JSONParser.parse(stdin))?["cniVersion"]?.string, CNIVersion.supported.contains(text)
+        else { return CNIVersion.current }
+        return text
     }
 
     /// What one call did, for its log line.

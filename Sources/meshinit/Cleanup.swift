@@ -43,14 +43,28 @@ struct CleanupPlan {
 /// Reads what a cleanup would remove; changes nothing.
 func planCleanup(_ context: Context) throws -> CleanupPlan {
     var plan = CleanupPlan()
-    if let reason = IPv6Availability.current().reason {
+    let ipv6 = IPv6Availability.current()
+    if ipv6 == .unsupported, let reason = ipv6.reason {
         plan.families = [.ipv4]
         plan.notes.append("\(reason): IPv6 rules and routes skipped")
     }
     do {
-        plan.iptables = try context.iptables.cleanupPlan(families: plan.families)
+        plan.iptables = try context.iptables.cleanupPlan(families: [.ipv4])
     } catch {
         throw failure(error)
+    }
+    if plan.families.contains(.ipv6) {
+        switch Result(catching: { () throws(IptablesError) in try context.iptables.cleanupPlan(families: [.ipv6]) }) {
+        case .success(let steps):
+            plan.iptables += steps
+        case .failure(let error) where ipv6 == .disabled && error.kind == .unavailable:
+            // ip6tables may not work at all where IPv6 is off; rules it cannot read, it cannot
+            // have installed since.
+            plan.families = [.ipv4]
+            plan.notes.append("\(ipv6.reason ?? "IPv6 is off"), and \(error.message): IPv6 rules and routes skipped")
+        case .failure(let error):
+            throw failure(error)
+        }
     }
     do {
         plan.nftTables = try NftablesBackend(transport: try context.sockets.get()).installedTables()

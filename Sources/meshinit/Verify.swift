@@ -30,13 +30,24 @@ struct Verify: ParsableCommand {
             if context.usesNetlink {
                 differences = try context.netlink().verify(plan)
             } else {
-                var families = Family.allCases
-                if let reason = IPv6Availability.current().reason {
-                    // Nothing can be installed for IPv6 here, and ip6tables may not even work.
-                    context.log.info("\(reason): IPv6 rules not compared")
-                    families = [.ipv4]
+                let ipv6 = IPv6Availability.current()
+                var found = try context.iptables.verify(plan, families: [.ipv4])
+                if ipv6 == .unsupported {
+                    context.log.info("\(ipv6.reason ?? ""): IPv6 rules not compared")
+                } else {
+                    switch Result(catching: { () throws(IptablesError) in
+                        try context.iptables.verify(plan, families: [.ipv6])
+                    }) {
+                    case .success(let lines):
+                        found += lines
+                    case .failure(let error) where ipv6 == .disabled && error.kind == .unavailable:
+                        // Where IPv6 is off ip6tables may not work at all: nothing to compare.
+                        context.log.info("\(ipv6.reason ?? ""), and \(error.message): IPv6 rules not compared")
+                    case .failure(let error):
+                        throw error
+                    }
                 }
-                differences = try context.iptables.verify(plan, families: families)
+                differences = found
             }
         } catch let error as IptablesError {
             throw failure(error)

@@ -159,19 +159,31 @@ public struct PolicyRouting {
     /// What removal would delete, read from the live state: every `fwmark M lookup T` rule
     /// (nothing else in it) whose table T routes `local default dev lo`, that route, and
     /// `::6/128` on lo — for `families` only (IPv6 is left out where the kernel has none).
-    public func removals(families: [Family]) throws(Failure) -> [Removal] {
+    ///
+    /// With `ipv6Disabled` (the namespace's `disable_ipv6=1`, which flushed its IPv6 routes and
+    /// addresses but not its rules), an IPv6 `fwmark M lookup T` rule is ours when the IPv4
+    /// side holds ours with the same mark and table: its route is gone, the twin says whose it is.
+    public func removals(families: [Family], ipv6Disabled: Bool = false) throws(Failure) -> [Removal] {
         let nl = RouteNetlink(io: try open())
         let lo = try loopbackIndex()
         var out: [Removal] = []
+        var ownedV4: Set<[UInt32]> = []
         for family in families {
             let tables = try localDefaultTables(nl, family: family, lo: lo)
             var routed: Set<UInt32> = []
-            for rule in try markRules(nl, family: family) where tables.contains(rule.table) {
-                out.append(Removal(kind: .rule(family, rule)))
-                if routed.insert(rule.table).inserted { out.append(Removal(kind: .route(family, table: rule.table))) }
+            for rule in try markRules(nl, family: family) {
+                if tables.contains(rule.table) {
+                    if family == .ipv4 { ownedV4.insert([rule.mark, rule.table]) }
+                    out.append(Removal(kind: .rule(family, rule)))
+                    if routed.insert(rule.table).inserted {
+                        out.append(Removal(kind: .route(family, table: rule.table)))
+                    }
+                } else if family == .ipv6, ipv6Disabled, ownedV4.contains([rule.mark, rule.table]) {
+                    out.append(Removal(kind: .rule(family, rule)))
+                }
             }
         }
-        if families.contains(.ipv6), try hasPassthroughAddress(nl, lo: lo) {
+        if families.contains(.ipv6), !ipv6Disabled, try hasPassthroughAddress(nl, lo: lo) {
             out.append(Removal(kind: .passthroughAddress))
         }
         return out

@@ -18,6 +18,8 @@ struct CleanupPlan {
     var routes: [PolicyRouting.Removal] = []
     /// Families cleaned (IPv6 is left out where the kernel cannot hold it).
     var families: [Family] = Family.allCases
+    /// Families whose iptables could not be read (IPv6 disabled, ip6tables not working).
+    var unreadableIptables: [Family] = []
     /// Things worth saying, e.g. why IPv6 was skipped.
     var notes: [String] = []
 
@@ -60,8 +62,8 @@ func planCleanup(_ context: Context) throws -> CleanupPlan {
         case .failure(let error) where ipv6 == .disabled && error.kind == .unavailable:
             // ip6tables may not work at all where IPv6 is off; rules it cannot read, it cannot
             // have installed since.
-            plan.families = [.ipv4]
-            plan.notes.append("\(ipv6.reason ?? "IPv6 is off"), and \(error.message): IPv6 rules and routes skipped")
+            plan.unreadableIptables = [.ipv6]
+            plan.notes.append("\(ipv6.reason ?? "IPv6 is off"), and \(error.message): ip6tables rules skipped")
         case .failure(let error):
             throw failure(error)
         }
@@ -73,7 +75,7 @@ func planCleanup(_ context: Context) throws -> CleanupPlan {
         if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
     }
     do {
-        plan.routes = try context.routing.removals(families: plan.families)
+        plan.routes = try context.routing.removals(families: plan.families, ipv6Disabled: ipv6 == .disabled)
     } catch {
         throw failure(error)
     }
@@ -95,7 +97,8 @@ func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] 
             removed += plan.nftTables.map { "nft table inet \($0)" }
         }
         // iptables-nft rules of ours that no iptables binary here could remove: say so.
-        let left = try nl.iptablesNftChains().filter { plan.families.contains(.ipv6) || $0.hasPrefix("ip ") }
+        let cleaned = plan.families.filter { !plan.unreadableIptables.contains($0) }
+        let left = try nl.iptablesNftChains().filter { cleaned.contains($0.hasPrefix("ip6 ") ? .ipv6 : .ipv4) }
         if !left.isEmpty {
             throw CommandFailure(
                 status: .unavailable,

@@ -258,6 +258,31 @@ struct PolicyRoutingTests {
         #expect(removed == ["ipv4 ip rule fwmark 0x539 lookup 133", "ipv4 route local default dev lo table 133"])
     }
 
+    /// Disabling IPv6 flushes a namespace's IPv6 routes but not its rules: our IPv6 TPROXY rule
+    /// lost the route that marks it ours; its IPv4 twin (same mark, same table) still says so.
+    @Test("removal with IPv6 disabled: the IPv6 rule is ours when its IPv4 twin is")
+    func ipv6DisabledTwin() throws {
+        let kernel = FakeKernel { request in
+            switch Int(request.type) {
+            case RTM_GETRULE:
+                let family = request.payload.first ?? 0
+                return [markRule(request, family: family, mark: 1337, table: 133), done(request)]
+            case RTM_GETROUTE where request.payload.first == UInt8(AF_INET):
+                return [localDefaultRoute(request, family: UInt8(AF_INET), table: 133), done(request)]
+            case RTM_GETROUTE, RTM_GETADDR:
+                return [done(request)]
+            default:
+                return [ack(request)]
+            }
+        }
+        let routing = Self.routing(kernel)
+        #expect(
+            try routing.removals(families: [.ipv4, .ipv6]).map(\.command).count == 2, "a lone IPv6 rule is not ours")
+        let disabled = try routing.removals(families: [.ipv4, .ipv6], ipv6Disabled: true).map(\.command)
+        #expect(disabled.contains("ip -6 rule del priority 32765 fwmark 0x539 lookup 133"))
+        #expect(disabled.count == 3)
+    }
+
     @Test("removal: a refused delete is an error with its errno")
     func deleteRefused() throws {
         let kernel = Self.installedKernel(deleteErrno: EPERM)

@@ -379,7 +379,7 @@ else
 fi
 
 app() { # app UID TARGET: a fresh container in the proxy's netns connects once
-    podman_ run --rm --network "container:$1" --user "$2:$2" "$image" nc -w 3 "$3" 80 </dev/null 2>&1 | sed -n 1,3p || true
+    podman_ run --rm --network "container:$1" --user "$2:$2" "$image" /bin/busybox nc -w 3 "$3" 80 </dev/null 2>&1 | sed -n 1,3p || true
 }
 want_app="proxy orig $gateway:80"
 $with_meshinit || want_app="node $gateway:80"
@@ -395,7 +395,7 @@ else
     fail "app (uid 1000) -> $gateway:80: got '$got', want '$want_app'"
     podman_ logs "$proxy" 2>&1 | tail -3 | note
 fi
-got=$(podman_ exec --user 1337:1337 "$proxy" nc -w 3 "$gateway" 80 </dev/null 2>&1 | sed -n 1,3p || true)
+got=$(podman_ exec --user 1337:1337 "$proxy" /bin/busybox nc -w 3 "$gateway" 80 </dev/null 2>&1 | sed -n 1,3p || true)
 if [ "$got" = "node $gateway:80" ]; then
     ok "proxy uid 1337 -> $gateway:80 goes straight out: $got"
 else

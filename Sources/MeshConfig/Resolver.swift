@@ -550,3 +550,66 @@ public func quoted(_ value: String) -> String {
     }
     return out + "\""
 }
+
+/// Where a capture setting's value came from: a flag, variable, file, config key or
+/// annotation, with the text it gave (or the default it fell back to).
+public struct ValueOrigin: Sendable, Hashable, CustomStringConvertible {
+    public var source: ValueSource
+    public var text: String
+    public var isDefault: Bool
+
+    public init(source: ValueSource, text: String, isDefault: Bool) {
+        self.source = source
+        self.text = text
+        self.isDefault = isDefault
+    }
+
+    /// `-x/--istio-service-exclude-cidr "10.0.0.0/8"`, `-p/--envoy-port (default "15001")`.
+    public var description: String {
+        isDefault ? "\(source) (default \(quoted(text)))" : "\(source) \(quoted(text))"
+    }
+}
+
+extension ConfigInput {
+    /// Where each capture setting of `settings` (resolved from this input) took its value.
+    /// Computed on demand (`explain` asks; installs never pay for it).
+    public func origins(of settings: Settings) -> [CaptureSetting: [ValueOrigin]] {
+        func flag(_ flag: IstioFlag) -> ValueOrigin {
+            if let value = layers.last(where: { $0[flag] != nil })?[flag] {
+                return ValueOrigin(source: value.source, text: value.text, isDefault: false)
+            }
+            return ValueOrigin(source: .flag(flag), text: flag.defaultValue, isDefault: true)
+        }
+        func knob(_ knob: EnvironmentKnob) -> ValueOrigin {
+            if let value = knobs[knob] { return ValueOrigin(source: value.source, text: value.text, isDefault: false) }
+            return ValueOrigin(source: .environment(knob.rawValue), text: knob.defaultValue, isDefault: true)
+        }
+        let uid = flag(.proxyUID)
+        let gid = flag(.proxyGID)
+        var dns = [flag(.redirectDNS), flag(.captureAllDNS)]
+        if case .servers = settings.capture.dns { dns.append(flag(.resolvConf)) }
+        let groups = knob(.ownerGroups)
+        return [
+            .proxyPort: [flag(.envoyPort)],
+            .inboundCapturePort: [flag(.inboundCapturePort)],
+            .inboundTunnelPort: [flag(.inboundTunnelPort)],
+            .proxyUIDs: uid.text.isEmpty ? [uid, knob(.envoyUser)] : [uid],
+            .proxyGIDs: gid.text.isEmpty ? [gid, uid] : [gid],
+            .interceptionMode: [flag(.interceptionMode)],
+            .inboundPorts: [flag(.inboundPorts)],
+            .inboundExcludePorts: [flag(.localExcludePorts)],
+            .excludeInterfaces: [flag(.excludeInterfaces)],
+            .outboundInclude: [flag(.serviceCIDR)],
+            .outboundExclude: [flag(.serviceExcludeCIDR)],
+            .outboundPorts: [flag(.outboundPorts)],
+            .outboundExcludePorts: [flag(.localOutboundPortsExclude)],
+            .kubeVirtInterfaces: [flag(.kubeVirtInterfaces)],
+            .tproxyMark: [flag(.tproxyMark)],
+            .dns: dns,
+            .dropInvalid: [flag(.dropInvalid)],
+            .ownerGroups: groups.text == "*" ? [groups, knob(.ownerGroupsExclude)] : [groups],
+            .ipv4LoopbackCIDR: [knob(.ipv4LoopbackCIDR)],
+            .ipv6: [flag(.ipv6), flag(.dualStack)],
+        ]
+    }
+}

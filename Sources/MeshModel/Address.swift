@@ -336,6 +336,13 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         return IPAddress(ipv6: address.high & mask(prefixLength), address.low & mask(prefixLength - 64))
     }
 
+    /// Whether `address` lies in this prefix (an address of the other family never does).
+    public func contains(_ other: IPAddress) -> Bool {
+        guard other.family == family else { return false }
+        guard let host = CIDR(address: other, prefixLength: prefixLength) else { return false }
+        return host.network == network
+    }
+
     /// The netmask bytes (4 or 16), network order.
     public var maskBytes: [UInt8] {
         (0..<(address.bitWidth / 8)).map { i in

@@ -74,3 +74,14 @@ public struct CaptureConfig: Sendable, Hashable {
 
     public init() {}
 }
+
+/// A part of the capture configuration, as the planner uses it: each planned rule records
+/// which of these it comes from (`Operation.origin`), and each configuration source records
+/// where it took their values (a flag, an environment variable, an annotation), so that
+/// `explain` can name what is behind a rule.
+public enum CaptureSetting: String, Sendable, Hashable, CaseIterable {
+    case proxyPort, inboundCapturePort, inboundTunnelPort, proxyUIDs, proxyGIDs, interceptionMode
+    case inboundPorts, inboundExcludePorts, excludeInterfaces, outboundInclude, outboundExclude
+    case outboundPorts, outboundExcludePorts, kubeVirtInterfaces, tproxyMark, dns, dropInvalid
+    case ownerGroups, ipv4LoopbackCIDR, ipv6
+}

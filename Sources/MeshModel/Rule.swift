@@ -63,6 +63,28 @@ public enum Chain: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { iptablesName }
+
+    /// `OUTPUT`, `ISTIO_OUTPUT`; nil for a chain that is neither built in nor ours.
+    public init?(iptablesName name: String) {
+        if let own = OwnChain(rawValue: name) {
+            self = .own(own)
+        } else if let hook = Hook.allCases.first(where: { $0.rawValue.uppercased() == name }) {
+            self = .builtin(hook)
+        } else {
+            return nil
+        }
+    }
+
+    /// `output`, `istio-output`; nil for a chain that is neither a base chain nor ours.
+    public init?(nftName name: String) {
+        if let hook = Hook(rawValue: name) {
+            self = .builtin(hook)
+        } else if let own = OwnChain.allCases.first(where: { $0.nftName == name }) {
+            self = .own(own)
+        } else {
+            return nil
+        }
+    }
 }
 
 /// Whose packets: a socket owner match.
@@ -187,13 +209,20 @@ public struct Operation: Sendable, Hashable {
     public var placement: Placement
     public var rule: Rule
     public var families: FamilySet
+    /// The settings the rule comes from (empty: a rule every plan has). `explain` names the
+    /// flag, variable or annotation behind each one.
+    public var origin: [CaptureSetting]
 
-    public init(table: Table, chain: Chain, placement: Placement = .append, rule: Rule, families: FamilySet) {
+    public init(
+        table: Table, chain: Chain, placement: Placement = .append, rule: Rule, families: FamilySet,
+        origin: [CaptureSetting] = []
+    ) {
         self.table = table
         self.chain = chain
         self.placement = placement
         self.rule = rule
         self.families = families
+        self.origin = origin
     }
 }
 
@@ -239,8 +268,15 @@ public enum ChainLayout {
     /// Materializes `operations` into (table, chain) → rules in final order, keeping the
     /// first-use order of (table, chain) keys.
     public static func materialize(_ operations: [Operation]) -> [(table: Table, chain: Chain, rules: [Rule])] {
+        materializeOperations(operations).map { ($0.table, $0.chain, $0.operations.map(\.rule)) }
+    }
+
+    /// The same, keeping each rule's operation (its origin and families).
+    public static func materializeOperations(_ operations: [Operation]) -> [(
+        table: Table, chain: Chain, operations: [Operation]
+    )] {
         var order: [TableChain] = []
-        var contents: [TableChain: [Rule]] = [:]
+        var contents: [TableChain: [Operation]] = [:]
         for op in operations {
             let key = TableChain(table: op.table, chain: op.chain)
             if contents[key] == nil {
@@ -249,13 +285,13 @@ public enum ChainLayout {
             }
             switch op.placement {
             case .append:
-                contents[key]!.append(op.rule)
+                contents[key]!.append(op)
             case .insert(let position):
                 let index = position - 1
                 if index >= contents[key]!.count {
-                    contents[key]!.append(op.rule)
+                    contents[key]!.append(op)
                 } else {
-                    contents[key]!.insert(op.rule, at: max(0, index))
+                    contents[key]!.insert(op, at: max(0, index))
                 }
             }
         }

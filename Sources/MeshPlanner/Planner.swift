@@ -46,6 +46,9 @@ private struct Builder {
 
     // MARK: helpers
 
+    /// The settings the rules being added come from: set before each group of `add`s.
+    var origin: [CaptureSetting] = []
+
     mutating func add(
         _ table: Table, _ chain: Chain, _ matches: [Match], _ target: Target,
         at position: Int? = nil, families: FamilySet? = nil
@@ -56,7 +59,7 @@ private struct Builder {
         operations.append(
             Operation(
                 table: table, chain: chain, placement: position.map { .insert(position: $0) } ?? .append,
-                rule: rule, families: fams))
+                rule: rule, families: fams, origin: origin))
     }
 
     /// The family-specific addresses of Istio's versioned rules.
@@ -92,16 +95,20 @@ private struct Builder {
         dropInvalid()
         skeleton()
         inbound()
+        origin = []
         add(.nat, .builtin(.output), [], .jump(.output))
         outboundExcludePorts()
+        origin = []
         addVersioned(.nat, .own(.output)) { v in
             ([.outInterface(.loopback), .source(v.passthrough, negated: false)], .return)
         }
         proxyOwners()
         ownerGroups()
         dns()
+        origin = [.ipv4LoopbackCIDR]
         addVersioned(.nat, .own(.output)) { v in ([.destination(v.loopback, negated: false)], .return) }
         outboundExcludeCIDRs()
+        origin = [.outboundPorts]
         for ports in portGroups(c.outboundPorts) {
             add(.nat, .own(.output), [.destinationPorts(.tcp, ports, negated: false)], .jump(.redirect))
         }
@@ -111,6 +118,7 @@ private struct Builder {
 
     /// `-c`: never touch traffic on these NICs (first rules of all).
     mutating func excludeInterfaces() {
+        origin = [.excludeInterfaces]
         let tables: [Table] = tproxy ? [.nat, .mangle] : [.nat]
         for table in tables {
             for nic in c.excludeInterfaces {
@@ -122,6 +130,7 @@ private struct Builder {
 
     /// `-k`: VM/virt NICs are not inbound. Each is "insert at 1", so later ones end on top.
     mutating func kubeVirtReturns() {
+        origin = [.kubeVirtInterfaces]
         for nic in c.kubeVirtInterfaces {
             add(.nat, .builtin(.prerouting), [.inInterface(nic)], .return, at: 1)
         }
@@ -130,6 +139,7 @@ private struct Builder {
     /// `--drop-invalid`: drop conntrack-INVALID packets instead of letting them RST.
     mutating func dropInvalid() {
         guard c.dropInvalid else { return }
+        origin = [.dropInvalid]
         add(
             .mangle, .builtin(.prerouting), [.l4proto(.tcp, scope: .nftOnly), .conntrackState([.invalid])],
             .jump(.drop))
@@ -138,11 +148,14 @@ private struct Builder {
 
     /// The HBONE tunnel port bypass and the two redirect targets.
     mutating func skeleton() {
+        origin = [.inboundTunnelPort]
         add(
             .nat, .own(.inbound),
             [.l4proto(.tcp, scope: .all), .destinationPorts(.tcp, [PortRange(c.inboundTunnelPort)], negated: false)],
             .return)
+        origin = [.proxyPort]
         add(.nat, .own(.redirect), [.l4proto(.tcp, scope: .all)], .redirect(toPort: c.proxyPort))
+        origin = [.inboundCapturePort]
         add(.nat, .own(.inRedirect), [.l4proto(.tcp, scope: .all)], .redirect(toPort: c.inboundCapturePort))
     }
 
@@ -152,23 +165,28 @@ private struct Builder {
         let table: Table
         let tcp = Match.l4proto(.tcp, scope: .all)
         if tproxy {
+            origin = [.interceptionMode, .tproxyMark]
             add(.mangle, .own(.divert), [], .setMark(c.tproxyMark))
             add(.mangle, .own(.divert), [], .accept)
+            origin = [.interceptionMode, .inboundCapturePort, .tproxyMark]
             let tproxyTarget = Target.tproxy(toPort: c.inboundCapturePort, mark: c.tproxyMark)
             addVersioned(.mangle, .own(.tproxy)) { v in ([tcp, .destination(v.loopback, negated: true)], tproxyTarget) }
             table = .mangle
         } else {
             table = .nat
         }
+        origin = tproxy ? [.inboundPorts, .interceptionMode] : [.inboundPorts]
         add(table, .builtin(.prerouting), [tcp], .jump(.inbound))
         let established = Match.conntrackState([.related, .established])
         switch c.inboundPorts {
         case .none:
             return
         case .all(let except):
+            origin = [.inboundExcludePorts]
             for ports in portGroups(except) {
                 add(table, .own(.inbound), [tcp, .destinationPorts(.tcp, ports, negated: false)], .return)
             }
+            origin = [.inboundPorts]
             if tproxy {
                 add(.mangle, .own(.inbound), [tcp, established], .jump(.divert))
                 add(.mangle, .own(.inbound), [tcp], .jump(.tproxy))
@@ -190,6 +208,7 @@ private struct Builder {
 
     /// `-o`: TCP and UDP to these ports is never captured (first rules of ISTIO_OUTPUT).
     mutating func outboundExcludePorts() {
+        origin = [.outboundExcludePorts]
         for ports in portGroups(c.outboundExcludePorts) {
             add(.nat, .own(.output), [.destinationPorts(.tcp, ports, negated: false)], .return)
             add(.nat, .own(.output), [.destinationPorts(.udp, ports, negated: false)], .return)
@@ -205,6 +224,7 @@ private struct Builder {
         let owners = c.proxyUIDs.map(Owner.uid) + c.proxyGIDs.map(Owner.gid)
         for owner in owners {
             let isUID: Bool = if case .uid = owner { true } else { false }
+            origin = isUID ? [.proxyUIDs] : [.proxyGIDs]
             // Istio's asymmetry: only the uid rule also spares port 53 when DNS capture is on.
             let spared = dnsOn && isUID ? [Planner.dnsPort, tunnel] : [tunnel]
             addVersioned(.nat, .own(.output)) { v in
@@ -233,6 +253,7 @@ private struct Builder {
 
     /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
     mutating func ownerGroups() {
+        origin = [.ownerGroups]
         switch c.ownerGroups {
         case .allExcept(let groups):
             for group in groups {
@@ -246,6 +267,7 @@ private struct Builder {
     /// DNS capture: raw-table conntrack zones and the nat redirect to istio-agent.
     mutating func dns() {
         guard let dns = c.dns else { return }
+        origin = [.dns]
         let withServers: FamilySet
         switch dns {
         case .all:
@@ -259,12 +281,14 @@ private struct Builder {
         let udp53 = Match.destinationPorts(.udp, [Planner.dnsPort], negated: false)
         add(.raw, .builtin(.output), [], .jump(.outputDNS))
         for owner in c.proxyUIDs.map(Owner.uid) + c.proxyGIDs.map(Owner.gid) {
+            if case .uid = owner { origin = [.dns, .proxyUIDs] } else { origin = [.dns, .proxyGIDs] }
             add(.raw, .own(.outputDNS), [udp53, .owner(owner, negated: false)], .conntrackZone(1))
             add(
                 .raw, .own(.outputDNS),
                 [.sourcePort(.udp, PortRange(Planner.dnsListenerPort)), .owner(owner, negated: false)],
                 .conntrackZone(2))
         }
+        origin = [.dns]
         add(.nat, .own(.output), [], .jump(.outputDNS), families: withServers)
         let toAgent = Target.redirect(toPort: Planner.dnsListenerPort)
         switch dns {
@@ -300,6 +324,7 @@ private struct Builder {
 
     /// `-x`: v4 CIDRs, then v6 CIDRs (v6 only when IPv6 is on).
     mutating func outboundExcludeCIDRs() {
+        origin = [.outboundExclude]
         for family in families {
             let cidrs = c.outboundExclude.filter { $0.family == family }
             if cidrs.count > Planner.listThreshold {
@@ -319,28 +344,34 @@ private struct Builder {
 
     /// `-i` per family, with the kube-virt REDIRECT inserts (which shadow the RETURN inserts).
     mutating func outboundIncludes() {
+        origin = [.outboundInclude]
         for family in families {
             let fam = FamilySet(family)
             switch c.outboundInclude {
             case .none:
                 break
             case .all:
+                origin = [.outboundInclude]
                 add(.nat, .own(.output), [], .jump(.redirect), families: fam)
+                origin = [.kubeVirtInterfaces, .outboundInclude]
                 for nic in c.kubeVirtInterfaces {
                     add(.nat, .builtin(.prerouting), [.inInterface(nic)], .jump(.redirect), at: 1, families: fam)
                 }
             case .only(let all):
                 let cidrs = all.filter { $0.family == family }
+                origin = [.outboundInclude]
                 if cidrs.count > Planner.listThreshold && c.kubeVirtInterfaces.isEmpty {
                     add(.nat, .own(.output), [.destinations(cidrs)], .jump(.redirect))
                     continue
                 }
                 for cidr in cidrs {
+                    origin = [.kubeVirtInterfaces, .outboundInclude]
                     for nic in c.kubeVirtInterfaces {
                         add(
                             .nat, .builtin(.prerouting), [.inInterface(nic), .destination(cidr, negated: false)],
                             .jump(.redirect), at: 1)
                     }
+                    origin = [.outboundInclude]
                     add(.nat, .own(.output), [.destination(cidr, negated: false)], .jump(.redirect))
                 }
             }
@@ -350,11 +381,17 @@ private struct Builder {
     /// TPROXY's marks (always in TPROXY mode, even with empty `-b`).
     mutating func tproxyTail() {
         guard tproxy else { return }
+        origin = [.interceptionMode, .tproxyMark]
         let tcp = Match.l4proto(.tcp, scope: .all)
         let mark = c.tproxyMark
         add(.mangle, .builtin(.prerouting), [tcp, .mark(mark, negated: false)], .saveMarkToConnmark)
         add(.mangle, .builtin(.output), [.outInterface(.loopback), tcp, .mark(mark, negated: false)], .return)
         for owner in c.proxyUIDs.map(Owner.uid) + c.proxyGIDs.map(Owner.gid) {
+            if case .uid = owner {
+                origin = [.interceptionMode, .proxyUIDs]
+            } else {
+                origin = [.interceptionMode, .proxyGIDs]
+            }
             addVersioned(.mangle, .builtin(.output)) { v in
                 (
                     [
@@ -365,8 +402,10 @@ private struct Builder {
                 )
             }
         }
+        origin = [.interceptionMode, .tproxyMark]
         add(.mangle, .builtin(.output), [tcp, .connmark(mark)], .restoreMarkFromConnmark)
         add(.mangle, .own(.inbound), [tcp, .mark(mark, negated: false)], .return, at: 1)
+        origin = [.interceptionMode]
         addVersioned(.mangle, .own(.inbound), at: 2) { v in
             ([.inInterface(.loopback), tcp, .source(v.passthrough, negated: false)], .return)
         }

@@ -11,6 +11,8 @@ import PackageDescription
 //                  environment → typed Settings (strict, parse once); takes argv/env as values
 //   MeshPlanner    CaptureConfig → Plan (pure; MeshModel only)
 //   MeshRender     Plan → iptables-restore text, nft script, JSON (pure)
+//   MeshExplain    packets walked through a plan as a backend holds it (or through live rules
+//                  read back by the CLI): path, verdict, the settings behind each rule (pure)
 //   MeshCNI        another configuration source: the CNI protocol (request, result, error JSON),
 //                  the plugin's config keys and pod annotations → the same ConfigInput; editing
 //                  the node's .conflist (pure)
@@ -36,6 +38,7 @@ let package = Package(
         .target(name: "MeshConfig", dependencies: ["MeshModel"]),
         .target(name: "MeshPlanner", dependencies: ["MeshModel"]),
         .target(name: "MeshRender", dependencies: ["MeshModel"]),
+        .target(name: "MeshExplain", dependencies: ["MeshModel", "MeshRender"]),
         .target(name: "MeshCNI", dependencies: ["MeshModel", "MeshConfig"]),
         .target(name: "CMeshShims"),
         .target(name: "CRtnetlink"),
@@ -52,7 +55,8 @@ let package = Package(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "MeshCNI", "CArguments", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MeshCNI", "MeshExplain", "CArguments",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
             plugins: ["GitRevision"]
@@ -95,6 +99,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MeshPlannerTests", dependencies: ["MeshPlanner", "MeshConfig", "MeshModel"]),
+        .testTarget(
+            name: "MeshExplainTests",
+            dependencies: [
+                "MeshExplain", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshIptables",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
         .testTarget(
             name: "MeshRenderTests",
             dependencies: [

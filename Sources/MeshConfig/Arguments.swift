@@ -33,15 +33,34 @@ public enum IstioArguments {
     public static func parse(
         _ arguments: some Collection<String>, options: Set<String>, into extra: inout [String: String]
     ) throws(ArgumentError) -> [IstioFlag: String] {
+        var operands: [String]? = nil
+        return try parse(arguments, options: options, into: &extra, operands: &operands)
+    }
+
+    /// The flags, `extra` options, and (where a command takes them: `operands` not nil)
+    /// every other argument, in order: the words that are no flag and no flag's value, and
+    /// `-`.
+    public static func parse(
+        _ arguments: some Collection<String>, options: Set<String>, into extra: inout [String: String],
+        operands: inout [String]?
+    ) throws(ArgumentError) -> [IstioFlag: String] {
         var rest = arguments[...]
         var flags: [IstioFlag: String] = [:]
         while let arg = rest.popFirst() {
             if arg == "--" {
+                if operands != nil {
+                    operands?.append(contentsOf: rest)
+                    break
+                }
                 if let next = rest.first { throw ArgumentError("unexpected argument \(quoted(next))") }
                 break
             }
             guard arg.hasPrefix("-"), arg.utf8.count >= 2 else {
-                throw ArgumentError("unexpected argument \(quoted(arg)) (Istio's flags only)")
+                guard operands != nil else {
+                    throw ArgumentError("unexpected argument \(quoted(arg)) (Istio's flags only)")
+                }
+                operands?.append(arg)
+                continue
             }
             var inline: String?
             let flag: IstioFlag

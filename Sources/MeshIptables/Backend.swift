@@ -212,6 +212,11 @@ public struct IptablesBackend {
         return lines
     }
 
+    /// What the kernel holds for `family` (one `*-save`), for reading rules back.
+    public func live(family: Family) throws(IptablesError) -> [SavedTable] {
+        try save(try tools(for: family))
+    }
+
     /// Every variant that can hold rules here: the legacy one only if its tables exist.
     func cleanupTools(for family: Family) -> [IptablesTools] {
         var out: [IptablesTools] = []

@@ -176,3 +176,190 @@ public enum SaveCanonical {
 
     static func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
 }
+
+/// The inverse of `SaveCanonical`: a dumped rule spec back to typed matches and a target,
+/// for the vocabulary meshinit's rules use (and `-m comment`, which matches everything).
+/// `matches` is nil when any word is not understood; `target` is nil for a target meshinit
+/// never writes (a jump to a foreign chain, DNAT, …) or a rule without one.
+public enum SaveParser {
+    public static func parse(_ tokens: [String]) -> (matches: [Match]?, target: Target?) {
+        var words = tokens[...]
+        var matches: [Match] = []
+        var proto: L4Protocol?
+        var module: String?
+        var target: Target?
+        var understood = true
+        func next() -> String? { words.popFirst() }
+        func cidr(_ text: String?) -> CIDR? {
+            guard let text else { return nil }
+            return CIDR(text) ?? IPAddress(text).map(CIDR.init(host:))
+        }
+        func ranges(_ text: String?) -> [PortRange]? {
+            guard let text, !text.isEmpty else { return nil }
+            var out: [PortRange] = []
+            for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+                let bounds = item.split(separator: ":", omittingEmptySubsequences: false)
+                if bounds.count == 1, let port = Port(parsing: bounds[0]) {
+                    out.append(PortRange(port))
+                } else if bounds.count == 2, let a = Port(parsing: bounds[0]), let b = Port(parsing: bounds[1]),
+                    let range = PortRange(first: a, last: b)
+                {
+                    out.append(range)
+                } else {
+                    return nil
+                }
+            }
+            return out
+        }
+        func mark(_ text: String?) -> Mark? {
+            guard let text, text.hasPrefix("0x"), !text.contains("/"), let v = UInt32(text.dropFirst(2), radix: 16)
+            else { return nil }
+            return Mark(v)
+        }
+        while understood, let word = next() {
+            var negated = false
+            var current = word
+            if current == "!" {
+                negated = true
+                guard let following = next() else {
+                    understood = false
+                    break
+                }
+                current = following
+            }
+            switch current {
+            case "-s", "-d":
+                guard let c = cidr(next()) else {
+                    understood = false
+                    break
+                }
+                matches.append(current == "-s" ? .source(c, negated: negated) : .destination(c, negated: negated))
+            case "-i", "-o":
+                guard !negated, let text = next(), let name = InterfaceName(text) else {
+                    understood = false
+                    break
+                }
+                matches.append(current == "-i" ? .inInterface(name) : .outInterface(name))
+            case "-p":
+                guard !negated, let text = next(), let p = L4Protocol(rawValue: text) else {
+                    understood = false
+                    break
+                }
+                proto = p
+                matches.append(.l4proto(p, scope: .all))
+            case "-m":
+                guard !negated, let name = next() else {
+                    understood = false
+                    break
+                }
+                module = name
+            case "--dport", "--sport":
+                guard module == proto?.rawValue, let p = proto, let r = ranges(next()), r.count == 1 else {
+                    understood = false
+                    break
+                }
+                if current == "--dport" {
+                    matches.append(.destinationPorts(p, r, negated: negated))
+                } else if !negated {
+                    matches.append(.sourcePort(p, r[0]))
+                } else {
+                    understood = false
+                }
+            case "--dports":
+                guard module == "multiport", let p = proto, let r = ranges(next()) else {
+                    understood = false
+                    break
+                }
+                matches.append(.destinationPorts(p, r, negated: negated))
+            case "--uid-owner", "--gid-owner":
+                guard module == "owner", let text = next(), let id = NumericID(parsing: text) else {
+                    understood = false
+                    break
+                }
+                matches.append(.owner(current == "--uid-owner" ? .uid(id) : .gid(id), negated: negated))
+            case "--mark":
+                guard let m = mark(next()) else {
+                    understood = false
+                    break
+                }
+                if module == "mark" {
+                    matches.append(.mark(m, negated: negated))
+                } else if module == "connmark" && !negated {
+                    matches.append(.connmark(m))
+                } else {
+                    understood = false
+                }
+            case "--ctstate":
+                guard !negated, module == "conntrack", let text = next() else {
+                    understood = false
+                    break
+                }
+                var states: [ConntrackState] = []
+                for name in text.split(separator: ",") {
+                    guard let state = ConntrackState(rawValue: name.lowercased()) else {
+                        understood = false
+                        break
+                    }
+                    states.append(state)
+                }
+                matches.append(.conntrackState(states))
+            case "--comment":
+                guard module == "comment", next() != nil else {
+                    understood = false
+                    break
+                }
+            case "-j":
+                target = parseTarget(&words)
+                if !words.isEmpty { target = nil }
+                words = []
+            default:
+                understood = false
+            }
+        }
+        return (understood ? matches : nil, target)
+    }
+
+    /// The target after `-j`, consuming its options; nil for one meshinit never writes.
+    static func parseTarget(_ words: inout ArraySlice<String>) -> Target? {
+        guard let name = words.popFirst() else { return nil }
+        var options: [String: String] = [:]
+        var flags: Set<String> = []
+        while let word = words.first, word.hasPrefix("--") {
+            words.removeFirst()
+            if ["--save-mark", "--restore-mark"].contains(word) {
+                flags.insert(word)
+            } else if let value = words.popFirst() {
+                options[word] = value
+            } else {
+                return nil
+            }
+        }
+        func port(_ key: String) -> Port? { options[key].flatMap { Port(parsing: $0) } }
+        func mark(_ key: String) -> Mark? {
+            guard let text = options[key], text.hasSuffix("/0xffffffff"),
+                let v = UInt32(text.dropFirst(2).dropLast("/0xffffffff".count), radix: 16), text.hasPrefix("0x")
+            else { return nil }
+            return Mark(v)
+        }
+        let masks = options["--nfmask"] == "0xffffffff" && options["--ctmask"] == "0xffffffff"
+        switch name {
+        case "RETURN" where options.isEmpty && flags.isEmpty: return .return
+        case "ACCEPT" where options.isEmpty && flags.isEmpty: return .accept
+        case "DROP" where options.isEmpty && flags.isEmpty: return .drop
+        case "REDIRECT" where options.count == 1: return port("--to-ports").map { .redirect(toPort: $0) }
+        case "TPROXY" where options.count == 3 && ["0.0.0.0", "::"].contains(options["--on-ip"] ?? ""):
+            guard let p = port("--on-port"), let m = mark("--tproxy-mark") else { return nil }
+            return .tproxy(toPort: p, mark: m)
+        case "MARK" where options.count == 1: return mark("--set-xmark").map { .setMark($0) }
+        case "CONNMARK" where flags == ["--save-mark"] && options.count == 2 && masks: return .saveMarkToConnmark
+        case "CONNMARK" where flags == ["--restore-mark"] && options.count == 2 && masks:
+            return .restoreMarkFromConnmark
+        case "CT" where options.count == 1: return options["--zone"].flatMap { UInt16($0) }.map { .conntrackZone($0) }
+        default:
+            guard options.isEmpty, flags.isEmpty, name.hasPrefix("ISTIO_"),
+                let own = OwnChain(rawValue: name)
+            else { return nil }
+            return .jump(own)
+        }
+    }
+}

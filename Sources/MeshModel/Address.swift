@@ -108,42 +108,70 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     static func parseIPv6(_ text: Substring) -> (UInt64, UInt64)? {
-        let gaps = text.ranges(of: "::")
-        guard gaps.count <= 1 else { return nil }
-        func parseGroups(_ s: Substring, allowTrailingV4: Bool) -> [UInt16]? {
-            if s.isEmpty { return [] }
-            var out: [UInt16] = []
-            let parts = s.split(separator: ":", omittingEmptySubsequences: false)
-            for (i, part) in parts.enumerated() {
-                if allowTrailingV4, i == parts.count - 1, part.contains(".") {
-                    guard let v4 = parseIPv4(part) else { return nil }
-                    out.append(UInt16(v4 >> 16))
-                    out.append(UInt16(v4 & 0xffff))
-                    continue
-                }
-                guard !part.isEmpty, part.count <= 4, part.allSatisfy(\.isHexDigit),
-                    let g = UInt16(part, radix: 16)
-                else { return nil }
-                out.append(g)
+        var text = text
+        return text.withUTF8 { parseIPv6($0) }
+    }
+
+    /// RFC 4291 text from bytes: up to eight groups of 1-4 hex digits, at most one `::`, an
+    /// optional dotted-quad tail standing for the last two groups.
+    static func parseIPv6(_ b: UnsafeBufferPointer<UInt8>) -> (UInt64, UInt64)? {
+        var head: [UInt16] = []
+        var tail: [UInt16] = []
+        var gap = false
+        let n = b.count
+        var i = 0
+        guard n >= 2 else { return nil }
+        if b[0] == UInt8(ascii: ":") {
+            guard b[1] == UInt8(ascii: ":") else { return nil }
+            gap = true
+            i = 2
+        }
+        while i < n {
+            let start = i
+            var value: UInt16 = 0
+            var digits = 0
+            while i < n, let h = hexValue(b[i]) {
+                digits += 1
+                guard digits <= 4 else { break }
+                value = value << 4 | h
+                i += 1
             }
-            return out
+            if i < n, b[i] == UInt8(ascii: ".") {
+                // A dotted-quad tail: the rest of the text.
+                guard let v4 = parseDottedQuad(UnsafeBufferPointer(rebasing: b[start..<n])) else { return nil }
+                let groups = [UInt16(v4 >> 16), UInt16(v4 & 0xffff)]
+                if gap { tail += groups } else { head += groups }
+                i = n
+                break
+            }
+            guard digits > 0, digits <= 4 else { return nil }
+            if gap { tail.append(value) } else { head.append(value) }
+            if i == n { break }
+            guard b[i] == UInt8(ascii: ":"), i + 1 < n else { return nil }
+            i += 1
+            if b[i] == UInt8(ascii: ":") {
+                guard !gap else { return nil }
+                gap = true
+                i += 1
+            }
         }
-        let all: [UInt16]
-        if let gap = gaps.first {
-            guard let head = parseGroups(text[text.startIndex..<gap.lowerBound], allowTrailingV4: false),
-                let tail = parseGroups(text[gap.upperBound...], allowTrailingV4: true),
-                head.count + tail.count <= 7
-            else { return nil }
-            all = head + Array(repeating: 0, count: 8 - head.count - tail.count) + tail
-        } else {
-            guard let groups = parseGroups(text, allowTrailingV4: true), groups.count == 8 else { return nil }
-            all = groups
-        }
+        let count = head.count + tail.count
+        guard gap ? count <= 7 : count == 8 else { return nil }
+        let all = head + [UInt16](repeating: 0, count: 8 - count) + tail
         var high: UInt64 = 0
         var low: UInt64 = 0
         for g in all[0..<4] { high = high << 16 | UInt64(g) }
         for g in all[4..<8] { low = low << 16 | UInt64(g) }
         return (high, low)
+    }
+
+    static func hexValue(_ b: UInt8) -> UInt16? {
+        switch b {
+        case 0x30...0x39: UInt16(b - 0x30)
+        case 0x41...0x46: UInt16(b - 0x41 + 10)
+        case 0x61...0x66: UInt16(b - 0x61 + 10)
+        default: nil
+        }
     }
 
     /// Writes `a.b.c.d` (and `/n` when given) as ASCII into `buffer`, returning the count

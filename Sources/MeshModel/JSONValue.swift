@@ -45,6 +45,12 @@ public indirect enum JSONValue: Sendable {
 
     public static func writeString(_ value: String, to out: inout String) {
         out += "\""
+        // Most strings need no escape: append them whole.
+        if !value.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += value
+            out += "\""
+            return
+        }
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -119,6 +119,29 @@ public final class NftablesBackend {
         return RulesetDiff.differences(expected: expected, actual: live)
     }
 
+    /// The rules of our tables as the kernel holds them, chain by chain (tables and chains
+    /// in the plan's layout order first, then any others), each paired with the planned rule
+    /// of that chain it equals (the same bytecode), if any.
+    ///
+    /// - Throws: `NetlinkError` when the state cannot be read.
+    public func liveRules(comparedWith plan: Plan) throws(NetlinkError) -> [LiveChain] {
+        var reader = RulesetReader(transport: transport)
+        let live = try reader.read(tables: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        let expected = try NftablesBackend.expectedSnapshot(plan)
+        var out: [LiveChain] = []
+        for table in live {
+            let planned = expected.first { $0.name == table.name }
+            for chain in table.chains {
+                let texts = planned?.chains.first { $0.name == chain.name }?.rules.map(\.text) ?? []
+                let rules = chain.rules.map { text in
+                    LiveChain.Rule(text: text, planned: texts.firstIndex(of: text))
+                }
+                out.append(LiveChain(table: table.name, chain: chain.name, rules: rules))
+            }
+        }
+        return out
+    }
+
     private func send(_ batch: Batch) throws(NetlinkError) {
         var attempt = 1
         while true {
@@ -149,6 +172,22 @@ public final class NftablesBackend {
         }
         return out
     }
+}
+
+/// One chain of ours as the kernel holds it (`liveRules`).
+public struct LiveChain: Sendable, Hashable {
+    public struct Rule: Sendable, Hashable {
+        /// The rule as read back (bytecode text).
+        public var text: String
+        /// Index of the planned rule of this chain with the same bytecode, if any.
+        public var planned: Int?
+    }
+
+    /// `istio-proxy-nat`, …
+    public var table: String
+    /// `output`, `istio-output`, …
+    public var chain: String
+    public var rules: [Rule]
 }
 
 struct ExpectedChain {

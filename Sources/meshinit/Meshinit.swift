@@ -7,12 +7,12 @@ struct Meshinit: ParsableCommand {
         abstract: "Install Istio's traffic capture rules in a pod network namespace.",
         discussion: """
             Accepts istio-iptables' flags and environment variables. With no sub-command (or \
-            with Istio's leading `istio-iptables`) it installs; `plan` prints the rules; `clean` \
-            removes them; `verify` compares what is installed with the plan.
+            with Istio's leading `istio-iptables`) it installs; `plan` prints the rules; `explain` \
+            walks packets through them; `clean` removes them; `verify` compares what is installed with the plan.
 
             """ + IstioFlagHelp.text,
         version: meshinitVersionLine,
-        subcommands: [Install.self, PlanCommand.self, Clean.self, Verify.self, CNICommand.self],
+        subcommands: [Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, CNICommand.self],
         defaultSubcommand: Install.self
     )
 }

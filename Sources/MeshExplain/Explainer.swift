@@ -1,0 +1,342 @@
+import MeshModel
+
+/// One rule a packet matched on its way.
+public struct Step: Sendable, Hashable {
+    public var hook: Hook
+    public var table: Table
+    public var chain: Chain
+    /// The rule's id in the ruleset.
+    public var entry: Int
+    /// For a rule with a list, the iptables line of the item that matched.
+    public var item: String?
+}
+
+/// Where the packet ends up.
+public enum Verdict: Sendable, Hashable {
+    /// nat REDIRECT to a local port; the original destination stays readable
+    /// (`SO_ORIGINAL_DST`). `listener` is the setting that port comes from
+    /// (`.proxyPort`, `.inboundCapturePort`, `.dns`), nil when unknown.
+    case redirected(port: Port, listener: CaptureSetting?)
+    /// mangle TPROXY to a local port with a mark; addresses stay as they are.
+    case tproxied(port: Port, mark: Mark)
+    case dropped
+    /// Not captured: an `out` packet goes to its destination (through `lo` when local), an
+    /// `in` packet to the app listening on its port.
+    case notCaptured
+    /// A live rule on the path that explain does not understand.
+    case uncertain
+
+    /// `redirect`, `tproxy`, `drop`, `pass`, `uncertain`.
+    public var kind: String {
+        switch self {
+        case .redirected: "redirect"
+        case .tproxied: "tproxy"
+        case .dropped: "drop"
+        case .notCaptured: "pass"
+        case .uncertain: "uncertain"
+        }
+    }
+}
+
+/// A packet's path through the rules and its verdict.
+public struct Explanation: Sendable {
+    public var packet: Packet
+    public var backend: Backend
+    /// Every rule that matched, in order.
+    public var steps: [Step]
+    public var verdict: Verdict
+    /// Index in `steps` of the rule that decided the verdict: the capturing rule, the drop,
+    /// the rule that let the packet go (a RETURN of the capture chains), the rule explain
+    /// cannot evaluate; nil when the packet went through without meeting such a rule.
+    public var decisive: Int?
+    /// Facts of the path that no rule shows (the lo re-entry, missing IPv6 rules).
+    public var notes: [String]
+}
+
+/// Walks packets through a `Ruleset` the way netfilter does for a connection's first
+/// packet: the hooks in priority order (raw, mangle, nat), each from its built-in chain,
+/// with jumps, returns, marks, and the loopback re-entry of a packet that stays in the pod.
+public struct Explainer: Sendable {
+    public let ruleset: Ruleset
+    /// By rule id, what the walk reads of each rule (copying whole `RuleEntry` values, with
+    /// their texts, would cost more than the walk).
+    let matchesByID: [[Match]?]
+    let targetsByID: [Target?]
+    /// Whether the rule has a list (its iptables line is the matching item's).
+    let listByID: [Bool]
+    /// Per family, the rule ids of each (table, chain) at `slot(table, chain)`.
+    let views: [Family: [[Int]]]
+
+    public init(ruleset: Ruleset) {
+        self.ruleset = ruleset
+        matchesByID = ruleset.entries.map(\.matches)
+        targetsByID = ruleset.entries.map(\.target)
+        listByID = ruleset.entries.map { $0.iptables == nil }
+        views = ruleset.chains.mapValues { chains in
+            var dense = [[Int]](repeating: [], count: Table.allCases.count * Self.chainCount)
+            for (key, ids) in chains { dense[Self.slot(key.table, key.chain)] = ids }
+            return dense
+        }
+    }
+
+    static let chainCount = Hook.allCases.count + OwnChain.allCases.count
+
+    /// A (table, chain) pair as an index (array lookups instead of hashing in the walk).
+    static func slot(_ table: Table, _ chain: Chain) -> Int {
+        let c =
+            switch chain {
+            case .builtin(let hook): Hook.allCases.firstIndex(of: hook)!
+            case .own(let own): Hook.allCases.count + OwnChain.allCases.firstIndex(of: own)!
+            }
+        return Table.allCases.firstIndex(of: table)! * chainCount + c
+    }
+
+    /// The packet as it changes on its way.
+    struct Flow {
+        var destination: IPAddress?
+        var destinationPort: Port
+        var source: IPAddress?
+        var mark: UInt32
+        var connmark: UInt32 = 0
+        var inInterface: InterfaceName?
+        var outInterface: InterfaceName?
+        /// Whether the packet still carries its socket (OUTPUT hooks): owner matches need one.
+        var socket: Bool
+    }
+
+    /// How a hook's traversal of one table ended.
+    enum Outcome {
+        case policy
+        case accepted
+        case dropped(Int)
+        case redirected(Int, Port)
+        case tproxied(Int, Port, Mark)
+        case uncertain(Int)
+    }
+
+    public func explain(_ packet: Packet) -> Explanation {
+        var result = Explanation(
+            packet: packet, backend: ruleset.backend, steps: [], verdict: .notCaptured, decisive: nil, notes: [])
+        guard let view = views[packet.family] else {
+            result.notes.append(
+                "no \(packet.family.rawValue) rules are installed (\(ruleset.backend == .iptables ? "ip6tables gets rules only with IPv6 on" : "no table")): nothing captures it"
+            )
+            return result
+        }
+        var flow = Flow(
+            destination: packet.destination, destinationPort: packet.destinationPort, source: packet.source,
+            mark: packet.mark.value, socket: packet.direction == .out)
+        var redirectedAt: (step: Int, port: Port)?
+        var lastLetGo: Int?
+
+        /// Runs the hook's tables in order; false when the packet's fate is sealed. A RETURN
+        /// or ACCEPT in one of the `capturing` tables is a rule that let the packet go.
+        func traverse(_ hook: Hook, _ tables: [Table], capturing: [Table]) -> Bool {
+            for table in tables {
+                let before = result.steps.count
+                let outcome = run(table, hook, view, packet, &flow, &result.steps)
+                switch outcome {
+                case .policy, .accepted:
+                    if capturing.contains(table), let i = lastReturn(result.steps, from: before) { lastLetGo = i }
+                case .dropped(let i):
+                    result.verdict = .dropped
+                    result.decisive = i
+                    return false
+                case .redirected(let i, let port):
+                    redirectedAt = (i, port)
+                case .tproxied(let i, let port, let mark):
+                    result.verdict = .tproxied(port: port, mark: mark)
+                    result.decisive = i
+                    return false
+                case .uncertain(let i):
+                    result.verdict = .uncertain
+                    result.decisive = i
+                    return false
+                }
+            }
+            return true
+        }
+
+        switch packet.direction {
+        case .out:
+            flow.outInterface = packet.interface
+            guard traverse(.output, [.raw, .mangle, .nat], capturing: [.nat]) else { return result }
+            if packet.interface == .loopback || redirectedAt != nil {
+                // The packet stays in the pod: it comes back in on lo. Its conntrack entry
+                // already has its NAT (decided in OUTPUT), so nat PREROUTING is skipped.
+                flow.outInterface = nil
+                flow.inInterface = .loopback
+                flow.socket = false
+                let before = result.steps.count
+                let going = traverse(.prerouting, [.raw, .mangle], capturing: [])
+                if result.steps.count > before {
+                    result.notes.append(
+                        "it stays in the pod and comes back in on lo: raw and mangle PREROUTING see it again, nat PREROUTING does not (its NAT was decided in OUTPUT)"
+                    )
+                }
+                guard going else { return result }
+            }
+        case .in:
+            flow.inInterface = packet.interface
+            guard traverse(.prerouting, [.raw, .mangle, .nat], capturing: [.mangle, .nat]) else { return result }
+        }
+        if let redirectedAt {
+            let listener = ruleset.entries[result.steps[redirectedAt.step].entry].origin.first {
+                [.proxyPort, .inboundCapturePort, .dns].contains($0)
+            }
+            result.verdict = .redirected(port: redirectedAt.port, listener: listener)
+            result.decisive = redirectedAt.step
+        } else {
+            result.verdict = .notCaptured
+            result.decisive = lastLetGo
+        }
+        return result
+    }
+
+    /// The last step from `start` on that returned or accepted (a rule that let the packet go).
+    func lastReturn(_ steps: [Step], from start: Int) -> Int? {
+        var i = steps.count - 1
+        while i >= start {
+            switch targetsByID[steps[i].entry] {
+            case .return?, .accept?: return i
+            default: i -= 1
+            }
+        }
+        return nil
+    }
+
+    /// One table's chain for `hook`, from the built-in chain down its jumps.
+    func run(
+        _ table: Table, _ hook: Hook, _ view: [[Int]], _ packet: Packet, _ flow: inout Flow,
+        _ steps: inout [Step]
+    ) -> Outcome {
+        var chain = Chain.builtin(hook)
+        var rules = view[Self.slot(table, chain)]
+        var index = 0
+        var stack: [(chain: Chain, rules: [Int], index: Int)] = []
+        var budget = 1_000_000  // netfilter refuses loops; a bound all the same
+        while budget > 0 {
+            budget -= 1
+            guard index < rules.count else {
+                guard let caller = stack.popLast() else { return .policy }
+                (chain, rules, index) = caller
+                continue
+            }
+            let id = rules[index]
+            index += 1
+            guard let matches = matchesByID[id] else {
+                steps.append(Step(hook: hook, table: table, chain: chain, entry: id, item: nil))
+                return .uncertain(steps.count - 1)
+            }
+            guard let item = self.matches(matches, id, chain, packet, flow) else { continue }
+            steps.append(Step(hook: hook, table: table, chain: chain, entry: id, item: item))
+            guard let target = targetsByID[id] else { return .uncertain(steps.count - 1) }
+            switch target {
+            case .jump(let own):
+                stack.append((chain, rules, index))
+                chain = .own(own)
+                rules = view[Self.slot(table, chain)]
+                index = 0
+            case .return:
+                guard let caller = stack.popLast() else { return .policy }
+                (chain, rules, index) = caller
+            case .accept:
+                return .accepted
+            case .drop:
+                return .dropped(steps.count - 1)
+            case .redirect(let port):
+                // REDIRECT: to the loopback address in OUTPUT, to the input interface's own
+                // address in PREROUTING (lo's is the loopback address).
+                if hook == .output || flow.inInterface == .loopback {
+                    flow.destination = packet.family == .ipv4 ? IPAddress(ipv4: 0x7f00_0001) : IPAddress(ipv6: 0, 1)
+                } else {
+                    flow.destination = nil
+                }
+                flow.destinationPort = port
+                return .redirected(steps.count - 1, port)
+            case .tproxy(let port, let mark):
+                flow.mark = mark.value
+                return .tproxied(steps.count - 1, port, mark)
+            case .setMark(let mark):
+                flow.mark = mark.value
+            case .saveMarkToConnmark:
+                flow.connmark = flow.mark
+            case .restoreMarkFromConnmark:
+                flow.mark = flow.connmark
+            case .conntrackZone:
+                break
+            }
+        }
+        return .uncertain(max(steps.count - 1, 0))
+    }
+
+    /// Nil if the rule does not match the packet; else the iptables line of the item that
+    /// matched for a rule with a list, or nil inside (the rule's own line stands).
+    func matches(_ matches: [Match], _ id: Int, _ chain: Chain, _ packet: Packet, _ flow: Flow) -> String?? {
+        var item: Rule?
+        for (i, match) in matches.enumerated() {
+            switch match {
+            case .inInterface(let name):
+                guard let iface = flow.inInterface, Self.interface(iface, matches: name) else { return nil }
+            case .outInterface(let name):
+                guard let iface = flow.outInterface, Self.interface(iface, matches: name) else { return nil }
+            case .source(let cidr, let negated):
+                guard cidr.family == packet.family else { return nil }
+                guard (flow.source.map(cidr.contains) ?? false) != negated else { return nil }
+            case .destination(let cidr, let negated):
+                guard cidr.family == packet.family else { return nil }
+                guard (flow.destination.map(cidr.contains) ?? false) != negated else { return nil }
+            case .destinations(let list):
+                guard let destination = flow.destination, let hit = list.first(where: { $0.contains(destination) })
+                else { return nil }
+                if listByID[id], let target = targetsByID[id] {
+                    var rule = Rule(matches, target)
+                    rule.matches[i] = .destination(hit, negated: false)
+                    item = rule
+                }
+            case .l4proto(let proto, let scope):
+                if scope == .nftOnly && ruleset.backend == .iptables { continue }
+                guard packet.proto == proto else { return nil }
+            case .destinationPorts(let proto, let ranges, let negated):
+                guard packet.proto == proto else { return nil }
+                let port = flow.destinationPort.value
+                let hit = ranges.firstIndex { $0.first.value <= port && port <= $0.last.value }
+                guard (hit != nil) != negated else { return nil }
+                if let hit, !negated, ranges.count > 1, listByID[id], let target = targetsByID[id] {
+                    var rule = item ?? Rule(matches, target)
+                    rule.matches[i] = .destinationPorts(proto, [ranges[hit]], negated: false)
+                    item = rule
+                }
+            case .sourcePort(let proto, let range):
+                guard packet.proto == proto, let port = packet.sourcePort,
+                    range.first.value <= port.value && port.value <= range.last.value
+                else { return nil }
+            case .owner(let owner, let negated):
+                // Only a packet that still has its socket (OUTPUT) has an owner.
+                guard flow.socket else { return nil }
+                let equal: Bool =
+                    switch owner {
+                    case .uid(let id): packet.uid == id
+                    case .gid(let id): packet.gid == id
+                    }
+                guard equal != negated else { return nil }
+            case .mark(let mark, let negated):
+                guard (flow.mark == mark.value) != negated else { return nil }
+            case .connmark(let mark):
+                guard flow.connmark == mark.value else { return nil }
+            case .conntrackState(let states):
+                // A connection's first packet is NEW: none of INVALID, RELATED, ESTABLISHED.
+                _ = states
+                return nil
+            }
+        }
+        if !listByID[id] { return .some(nil) }
+        return .some(item.map { RuleEntry.iptablesLine($0, chain: chain) })
+    }
+
+    /// `eth+` is a prefix (iptables' spelling of nft's `"eth*"`); any other name is exact.
+    static func interface(_ iface: InterfaceName, matches pattern: InterfaceName) -> Bool {
+        if pattern.name.hasSuffix("+") { return iface.name.hasPrefix(pattern.name.dropLast()) }
+        return iface == pattern
+    }
+}

@@ -1,0 +1,261 @@
+import MeshModel
+
+/// Explanations as text for people and JSON for tools. `sources` names what is behind each
+/// setting (`-x/--istio-service-exclude-cidr "10.0.0.0/8"`, an environment variable, an
+/// annotation); a rule shows the sources of its origin. A rule's rendering is made once and
+/// reused for every packet that meets it (10,000 packets share a few dozen rules).
+public final class Report {
+    public let ruleset: Ruleset
+    public let sources: [CaptureSetting: [String]]
+    private var textCache: [Int: String] = [:]
+    /// By rule id and hook (a chain of ours can be reached from two hooks).
+    private var jsonCache: [Int: String] = [:]
+    /// Reasons by what they depend on (the decisive rule, the verdict, the path's length).
+    private var reasonCache: [ReasonKey: String] = [:]
+
+    struct ReasonKey: Hashable {
+        var decisive: Int
+        var kind: String
+        var steps: Int
+    }
+
+    public init(ruleset: Ruleset, sources: [CaptureSetting: [String]]) {
+        self.ruleset = ruleset
+        self.sources = sources
+    }
+
+    public func entry(_ step: Step) -> RuleEntry { ruleset.entries[step.entry] }
+
+    /// The iptables line of a step (empty for a live rule that has none).
+    public func iptables(_ step: Step) -> String { step.item ?? entry(step).iptables ?? "" }
+
+    /// What a rule comes from: its settings' sources (none: one of Istio's fixed rules).
+    public func from(_ entry: RuleEntry) -> [String] {
+        var out: [String] = []
+        for setting in entry.origin {
+            for source in sources[setting] ?? [setting.rawValue] where !out.contains(source) { out.append(source) }
+        }
+        return out
+    }
+
+    /// One sentence: where the packet ends up.
+    public func verdictText(_ e: Explanation) -> String { verdictText(e, original: original(e.packet)) }
+
+    /// The packet's destination as the verdict names it.
+    func original(_ p: Packet) -> String {
+        p.destination == nil
+            ? "the pod's address, port \(p.destinationPort)" : p.endpoint(p.destination, p.destinationPort)
+    }
+
+    func verdictText(_ e: Explanation, original: String) -> String {
+        let p = e.packet
+        switch e.verdict {
+        case .redirected(let port, let listener):
+            let kept = "original destination \(original) kept (SO_ORIGINAL_DST)"
+            switch listener {
+            case .dns?: return "DNS captured: redirected to port \(port), istio-agent's DNS proxy; \(kept)"
+            case .proxyPort?: return "captured: redirected to port \(port), the proxy's outbound listener; \(kept)"
+            case .inboundCapturePort?:
+                return "captured: redirected to port \(port), the proxy's inbound listener; \(kept)"
+            default: return "captured: redirected to port \(port); \(kept)"
+            }
+        case .tproxied(let port, let mark):
+            return
+                "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener); addresses kept"
+        case .dropped:
+            return "dropped"
+        case .notCaptured:
+            switch p.direction {
+            case .out where p.interface == .loopback: return "not captured: delivered in the pod to \(original) over lo"
+            case .out: return "not captured: leaves the pod for \(original) through \(p.interface)"
+            case .in: return "not captured: delivered to the app on port \(p.destinationPort)"
+            }
+        case .uncertain:
+            return "uncertain: the kernel holds a rule on this path that explain cannot evaluate"
+        }
+    }
+
+    /// Why: the decisive rule and what it comes from.
+    public func reasonText(_ e: Explanation) -> String {
+        let key = ReasonKey(
+            decisive: e.decisive.map { e.steps[$0].entry } ?? -1, kind: e.verdict.kind,
+            steps: e.decisive ?? -e.steps.count)
+        if let cached = reasonCache[key] { return cached }
+        let text = reason(e)
+        reasonCache[key] = text
+        return text
+    }
+
+    private func reason(_ e: Explanation) -> String {
+        guard let i = e.decisive else {
+            switch e.verdict {
+            case .notCaptured where e.steps.isEmpty: return "no rule captured it"
+            case .notCaptured: return "no rule captured it: after rule \(e.steps.count) it matched no further rule"
+            default: return ""
+            }
+        }
+        let decisive = entry(e.steps[i])
+        let from = self.from(decisive)
+        let origin = from.isEmpty ? "one of Istio's fixed rules" : "from " + from.joined(separator: ", ")
+        switch e.verdict {
+        case .notCaptured: return "let go by rule \(i + 1) (\(origin))"
+        case .uncertain where decisive.matches == nil:
+            return "rule \(i + 1) has a match explain cannot evaluate, so whether it applies is unknown"
+        case .uncertain:
+            return "rule \(i + 1) matches, and its target is not one of meshinit's: explain does not follow it"
+        default: return "decided by rule \(i + 1) (\(origin))"
+        }
+    }
+
+    /// The explanation as indented text, ending with a newline.
+    public func text(_ e: Explanation, extra: [String] = []) -> String {
+        var out = ""
+        text(e, extra: extra, into: &out)
+        return out
+    }
+
+    /// The same, appended to `out` (one growing buffer for thousands of packets).
+    public func text(_ e: Explanation, extra: [String] = [], into out: inout String) {
+        out += e.packet.description
+        out += "\n  backend "
+        out += e.backend.rawValue
+        out += e.packet.family == .ipv4 ? ", ipv4\n" : ", ipv6\n"
+        for (i, step) in e.steps.enumerated() {
+            out += "  "
+            out += String(i + 1)
+            out += " "
+            if let item = step.item {
+                out += "\(step.table.rawValue) \(step.chain.iptablesName): \(item)\n"
+                out += stepDetails(step.entry, nftShown: false)
+            } else {
+                out += stepText(step)
+            }
+        }
+        if e.steps.isEmpty { out += "  no rule matched\n" }
+        for note in e.notes { out += "  note: \(note)\n" }
+        out += "  verdict: "
+        out += verdictText(e, original: original(e.packet))
+        out += "\n"
+        let reason = reasonText(e)
+        if !reason.isEmpty { out += "  why: \(reason)\n" }
+        for line in extra { out += "  \(line)\n" }
+    }
+
+    /// `nat ISTIO_OUTPUT: -A … \n      nft: …\n      from: …\n`, once per rule.
+    private func stepText(_ step: Step) -> String {
+        if let cached = textCache[step.entry] { return cached }
+        let rule = entry(step)
+        let line = rule.iptables ?? ""
+        let text =
+            "\(step.table.rawValue) \(step.chain.iptablesName): \(line.isEmpty ? rule.nft : line)\n"
+            + stepDetails(step.entry, nftShown: line.isEmpty)
+        textCache[step.entry] = text
+        return text
+    }
+
+    private func stepDetails(_ id: Int, nftShown: Bool) -> String {
+        let rule = ruleset.entries[id]
+        var out = ""
+        if !nftShown && !rule.nft.isEmpty { out += "      nft: \(rule.nft)\n" }
+        let from = self.from(rule)
+        if !from.isEmpty { out += "      from: \(from.joined(separator: "; "))\n" }
+        return out
+    }
+
+    /// The explanation as one JSON object, serialized (no newline). `extra` members are
+    /// appended as they are. Written piece by piece: the packet's fields are validated
+    /// values (no character needs escaping), the texts that may hold quotes are escaped.
+    public func json(_ e: Explanation, extra: [(String, JSONValue)] = []) -> String {
+        var out = ""
+        json(e, extra: extra, into: &out)
+        return out
+    }
+
+    /// The same, appended to `out`.
+    public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout String) {
+        let p = e.packet
+        out += "{\"packet\":\""
+        out += p.description
+        out += p.direction == .out ? "\",\"direction\":\"out" : "\",\"direction\":\"in"
+        out += p.proto == .tcp ? "\",\"protocol\":\"tcp" : "\",\"protocol\":\"udp"
+        out += p.family == .ipv4 ? "\",\"family\":\"ipv4\"" : "\",\"family\":\"ipv6\""
+        func optional(_ key: String, _ value: String?, quoted: Bool) {
+            out += ",\""
+            out += key
+            out += "\":"
+            guard let value else {
+                out += "null"
+                return
+            }
+            if quoted { out += "\"" }
+            out += value
+            if quoted { out += "\"" }
+        }
+        optional("destination", p.destination?.description, quoted: true)
+        optional("port", p.destinationPort.description, quoted: false)
+        optional("source", p.source?.description, quoted: true)
+        optional("sourcePort", p.sourcePort?.description, quoted: false)
+        optional("uid", p.uid?.description, quoted: false)
+        optional("gid", p.gid?.description, quoted: false)
+        optional("interface", p.interface.name, quoted: true)
+        optional("backend", e.backend.rawValue, quoted: true)
+        out += ",\"path\":["
+        for (i, step) in e.steps.enumerated() {
+            if i > 0 { out += "," }
+            out += stepJSON(step)
+        }
+        out += "]"
+        optional("decisive", e.decisive.map { String($0 + 1) }, quoted: false)
+        out += ",\"verdict\":{\"kind\":\""
+        out += e.verdict.kind
+        out += "\""
+        switch e.verdict {
+        case .redirected(let port, let listener):
+            optional("port", port.description, quoted: false)
+            let name: String? =
+                switch listener {
+                case .proxyPort?: "outbound"
+                case .inboundCapturePort?: "inbound"
+                case .dns?: "dns"
+                default: nil
+                }
+            optional("listener", name, quoted: true)
+        case .tproxied(let port, let mark):
+            optional("port", port.description, quoted: false)
+            optional("mark", mark.description, quoted: false)
+        default:
+            break
+        }
+        out += ",\"text\":"
+        JSONValue.writeString(verdictText(e), to: &out)
+        out += ",\"why\":"
+        JSONValue.writeString(reasonText(e), to: &out)
+        out += "},\"notes\":"
+        JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
+        for (key, value) in extra {
+            out += ","
+            JSONValue.writeString(key, to: &out)
+            out += ":"
+            value.write(to: &out)
+        }
+        out += "}"
+    }
+
+    /// One step as a JSON object, once per rule (a list's item is rendered per packet).
+    private func stepJSON(_ step: Step) -> String {
+        let key = step.entry * Hook.allCases.count + Hook.allCases.firstIndex(of: step.hook)!
+        if step.item == nil, let cached = jsonCache[key] { return cached }
+        let rule = entry(step)
+        let line = iptables(step)
+        let value = JSONValue.object([
+            ("hook", .string(step.hook.rawValue)),
+            ("table", .string(step.table.rawValue)),
+            ("chain", .string(step.chain.iptablesName)),
+            ("iptables", line.isEmpty ? .null : .string(line)),
+            ("nft", .string(rule.nft)),
+            ("from", .array(from(rule).map(JSONValue.string))),
+        ]).serialized
+        if step.item == nil { jsonCache[key] = value }
+        return value
+    }
+}

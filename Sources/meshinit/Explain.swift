@@ -1,0 +1,277 @@
+import ArgumentParser
+import MeshConfig
+import MeshExplain
+import MeshIptables
+import MeshModel
+import MeshNetlink
+import MeshPlanner
+import MeshSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+enum ExplainFormat: String, ExpressibleByArgument, CaseIterable {
+    case text
+    case json
+}
+
+extension Backend: ExpressibleByArgument {}
+
+struct ExplainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explain",
+        abstract:
+            "Walk packets through the rules for these flags: each rule they match, the flag behind it, and where they end up.",
+        discussion: """
+            Packets (after the flags; several per call; - reads them from stdin, one per line):
+              out PROTO ADDR:PORT [uid=N] [gid=N] [iface=IF] [src=ADDR] [sport=N] [mark=N]
+                  a packet the pod sends (uid/gid: its socket's owner, default 0 and the uid)
+              in PROTO [ADDR]:PORT [iface=IF] [src=ADDR] [sport=N] [mark=N] [family=ipv6]
+                  a packet arriving (:PORT is the pod's own address)
+              PROTO is tcp or udp; IPv6 as [ADDR]:PORT. Examples:
+                out tcp 10.0.0.5:80 uid=1000     in tcp :8080 iface=eth0
+                out udp 10.96.0.10:53 uid=1000   out tcp [fd00::1]:443 uid=1337
+
+            """ + IstioFlagHelp.text
+    )
+
+    @Option(help: "Output: text, or json (one object per packet and line).") var format: ExplainFormat = .text
+    @Option(help: "Whose rules to walk: iptables or nft (default: nft with --native-nftables, else iptables).")
+    var backend: Backend?
+    @Flag(
+        help:
+            "Walk the rules the kernel holds now (in --network-namespace, or here; needs CAP_NET_ADMIN) and say where they and the plan diverge on each packet's path (exit 3 if they do)."
+    )
+    var live = false
+    @Argument(
+        parsing: .allUnrecognized,
+        help: ArgumentHelp("Istio's istio-iptables flags, then packets (see above).", valueName: "flags-and-packets"))
+    var arguments: [String] = []
+
+    func run() throws {
+        var extra: [String: String] = [:]
+        var operands: [String]? = []
+        let given: [IstioFlag: String]
+        do {
+            given = try IstioArguments.parse(arguments, options: [], into: &extra, operands: &operands)
+        } catch {
+            throw failure(error)
+        }
+        try explain(given: given, operands: operands ?? [], format: format, backend: backend, live: live)
+    }
+}
+
+/// `explain`: parses every packet first (a bad one is exit 64 and prints nothing), plans,
+/// walks each packet through the plan (or the live rules) and prints the walks.
+func explain(given: [IstioFlag: String], operands: [String], format: ExplainFormat, backend: Backend?, live: Bool)
+    throws
+{
+    let packets = try readPackets(operands)
+    let environment = ProcessEnvironment.current()
+    let settings = try resolveSettings(given: given, environment: environment, enterNamespace: live)
+    printWarnings(settings)
+    let plan = Planner.plan(settings.capture)
+    let origins = ConfigInput(flags: given, environment: environment.values).origins(of: settings)
+    let sources = origins.mapValues { $0.map(\.description) }
+
+    var liveRules: Ruleset?
+    var chosen = backend ?? (settings.run.nativeNftables ? .nft : .iptables)
+    if live {
+        let context = Context(settings)
+        if backend == nil && context.usesNetlink { chosen = .nft }
+        liveRules = try readLiveRules(plan, backend: chosen, context)
+    }
+    let planned = Explainer(ruleset: Ruleset(plan: plan, backend: chosen))
+    let kernel = liveRules.map(Explainer.init(ruleset:))
+    let planReport = Report(ruleset: planned.ruleset, sources: sources)
+    let report = kernel.map { Report(ruleset: $0.ruleset, sources: sources) } ?? planReport
+
+    var out = ""
+    out.reserveCapacity(1 << 17)
+    var diverging = 0
+    for (i, packet) in packets.enumerated() {
+        let fromPlan = planned.explain(packet)
+        var shown = fromPlan
+        var differences: [String] = []
+        if let kernel {
+            shown = kernel.explain(packet)
+            differences = divergence(plan: fromPlan, planReport, live: shown, report)
+            if !differences.isEmpty { diverging += 1 }
+        }
+        switch format {
+        case .text:
+            if i > 0 { out += "\n" }
+            var lines: [String] = []
+            if live {
+                lines =
+                    differences.isEmpty ? ["live: the kernel's rules agree with the plan on this path"] : differences
+            }
+            report.text(shown, extra: lines, into: &out)
+        case .json:
+            var extra: [(String, JSONValue)] = []
+            if live {
+                extra = [
+                    ("source", .string("live")),
+                    ("planVerdict", .string(fromPlan.verdict.kind)),
+                    ("divergence", .array(differences.map(JSONValue.string))),
+                ]
+            }
+            report.json(shown, extra: extra, into: &out)
+            out += "\n"
+        }
+        if out.utf8.count >= 1 << 16 {
+            writeStandardOutput(out)
+            out.removeAll(keepingCapacity: true)
+        }
+    }
+    writeStandardOutput(out)
+    if diverging > 0 {
+        throw CommandFailure(
+            status: .drift, message: "the kernel's rules and the plan diverge on \(diverging) of \(packets.count) paths"
+        )
+    }
+}
+
+/// Packets from the operands; `-` stands for stdin, one packet per line (blank lines and
+/// `#` comments skipped).
+func readPackets(_ operands: [String]) throws -> [Packet] {
+    var packets: [Packet] = []
+    var words: [String] = []
+    do {
+        for operand in operands {
+            guard operand == "-" else {
+                words.append(operand)
+                continue
+            }
+            packets += try Packet.parse(words: words)
+            words = []
+            let bytes: [UInt8]
+            do {
+                bytes = try Files.readAll(0)
+            } catch {
+                throw CommandFailure(status: .failure, message: "cannot read packets from stdin: \(error)")
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            var start = text.utf8.startIndex
+            // Lines on bytes (a Character-wise split costs more than explaining them).
+            while start != text.utf8.endIndex {
+                let end = text.utf8[start...].firstIndex(of: UInt8(ascii: "\n")) ?? text.utf8.endIndex
+                let line = text[start..<end]
+                start = end == text.utf8.endIndex ? end : text.utf8.index(after: end)
+                let first = line.utf8.first { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }
+                if first == nil || first == UInt8(ascii: "#") || first == UInt8(ascii: "\r") { continue }
+                packets.append(try Packet.parse(line))
+            }
+        }
+        packets += try Packet.parse(words: words)
+    } catch let error as PacketError {
+        throw CommandFailure(status: .usage, message: error.description)
+    }
+    guard !packets.isEmpty else {
+        throw CommandFailure(
+            status: .usage, message: "explain needs a packet, e.g. 'out tcp 10.0.0.5:80 uid=1000' (or - for stdin)")
+    }
+    return packets
+}
+
+/// Where the live walk and the plan's walk of a packet part.
+func divergence(plan: Explanation, _ planReport: Report, live: Explanation, _ liveReport: Report) -> [String] {
+    func key(_ step: Step, _ report: Report) -> String {
+        "\(step.table.rawValue) \(step.chain.iptablesName) \(report.iptables(step)) \(report.entry(step).nft)"
+    }
+    func show(_ steps: [Step], _ i: Int, _ report: Report) -> String {
+        guard i < steps.count else { return "no further rule" }
+        let step = steps[i]
+        let line = report.iptables(step)
+        return "\(step.table.rawValue) \(step.chain.iptablesName): \(line.isEmpty ? report.entry(step).nft : line)"
+    }
+    var out: [String] = []
+    let a = plan.steps.map { key($0, planReport) }
+    let b = live.steps.map { key($0, liveReport) }
+    if a != b {
+        let i = (0..<min(a.count, b.count)).first { a[$0] != b[$0] } ?? min(a.count, b.count)
+        out.append(
+            "live differs from the plan at rule \(i + 1): plan has \(show(plan.steps, i, planReport)); live has \(show(live.steps, i, liveReport))"
+        )
+    }
+    if plan.verdict != live.verdict {
+        out.append("plan's verdict: \(planReport.verdictText(plan))")
+    }
+    return out
+}
+
+/// The kernel's rules as explain walks them: the planned rule (with its origin) where a live
+/// rule equals one, else the live rule as far as it is understood.
+func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws -> Ruleset {
+    switch backend {
+    case .nft:
+        let chains: [LiveChain]
+        do {
+            chains = try context.netlink().liveRules(comparedWith: plan)
+        } catch let error as NetlinkError {
+            throw failure(error)
+        }
+        let planned = ChainLayout.materializeOperations(plan.operations)
+        var view: [TableChain: [RuleEntry]] = [:]
+        for live in chains {
+            guard let table = Table.allCases.first(where: { $0.nftTableName == live.table }),
+                let chain = Chain(nftName: live.chain)
+            else { continue }
+            let operations = planned.first { $0.table == table && $0.chain == chain }?.operations ?? []
+            view[TableChain(table: table, chain: chain)] = live.rules.map { rule in
+                if let i = rule.planned, i < operations.count {
+                    return RuleEntry(operations[i].rule, origin: operations[i].origin, table: table, chain: chain)
+                }
+                return RuleEntry(matches: nil, target: nil, origin: [], iptables: nil, nft: rule.text)
+            }
+        }
+        return Ruleset(backend: .nft, chains: view.isEmpty ? [:] : [.ipv4: view, .ipv6: view])
+    case .iptables:
+        var chains: [Family: [TableChain: [RuleEntry]]] = [:]
+        for family in Family.allCases {
+            if family == .ipv6, IPv6Availability.current() != .available {
+                context.log.info("\(IPv6Availability.current().reason ?? ""): IPv6 rules not read")
+                continue
+            }
+            let saved: [SavedTable]
+            do {
+                saved = try context.iptables.live(family: family)
+            } catch {
+                throw failure(error)
+            }
+            // The plan's rules by the spec iptables-save prints for them, as the plan's walk
+            // holds them (an item of a list keeps the whole list's nft rule).
+            var planned: [TableChain: [String: RuleEntry]] = [:]
+            for (table, chain, operations) in ChainLayout.materializeOperations(plan.operations(for: family)) {
+                for op in operations {
+                    let nft = RuleEntry.nftLine(op.rule, table: table, chain: chain)
+                    for rule in op.rule.expanded {
+                        planned[TableChain(table: table, chain: chain), default: [:]][SaveCanonical.spec(rule)] =
+                            RuleEntry(rule, origin: op.origin, table: table, chain: chain, nft: nft)
+                    }
+                }
+            }
+            var view: [TableChain: [RuleEntry]] = [:]
+            for dump in saved {
+                guard let table = Table(rawValue: dump.name) else { continue }
+                for name in dump.chains {
+                    guard let chain = Chain(iptablesName: name) else { continue }
+                    let key = TableChain(table: table, chain: chain)
+                    view[key] = dump.rules(in: name).map { saved in
+                        if let entry = planned[key]?[saved.spec] { return entry }
+                        let (matches, target) = SaveParser.parse(saved.tokens)
+                        let nft = (matches.flatMap { m in target.map { Rule(m, $0) } }).map {
+                            RuleEntry.nftLine($0, table: table, chain: chain)
+                        }
+                        return RuleEntry(
+                            matches: matches, target: target, origin: [], iptables: "-A \(name) \(saved.spec)",
+                            nft: nft ?? "")
+                    }
+                }
+            }
+            if !view.isEmpty { chains[family] = view }
+        }
+        return Ruleset(backend: .iptables, chains: chains)
+    }
+}

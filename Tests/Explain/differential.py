@@ -1,0 +1,726 @@
+#!/usr/bin/env python3
+"""Differential test of `meshinit explain` against the kernel.
+
+For random configurations (every flag family: inbound and outbound port lists and ranges,
+CIDRs of both families and long lists, proxy uids and gids, owner groups, excluded and
+kube-virt interfaces, REDIRECT and TPROXY with their mark and table, DNS capture, drop-invalid,
+IPv6 on and off, the loopback CIDR) and both backends, it installs the plan in a throwaway
+pod namespace, asks `explain` where each of many candidate packets goes, picks packets that
+together meet every rule the candidates reach, and sends them for real: a socket as that
+uid/gid (or, for inbound packets, from the world namespace), listeners in the pod on the
+proxy ports (15001/15101 outbound, 15006/15106 inbound, transparent), on 15053 (DNS) and
+on the app ports, each reporting what it got (SO_ORIGINAL_DST, its local address), and a
+catch-all in the world reporting what escaped. explain's verdict must equal what happened:
+
+    redirect P  -> the listener on P got it, with the packet's destination as SO_ORIGINAL_DST
+    tproxy P    -> the listener on P got it, with the packet's destination as local address
+    pass        -> out: the world (or, over lo, the app) got it, addressed as sent;
+                   in: the app listening on the port got it
+    drop        -> nobody got it
+
+Every fifth configuration is also explained with --live (the rules read back from the
+kernel): it must agree with the plan (exit 0, no divergence).
+
+Topology: pod (lo; eth0 10.200.0.2/24, fd00:200::2/64, default routes via the world) <->
+world (veth1 10.200.0.1/24, fd00:200::1/64; nat prerouting redirects every TCP/UDP packet to
+its catch-all on 9999, so any destination address "exists").
+
+Usage: differential.py --bin PATH [--configs N] [--seed S] [--backend iptables|nft|both]
+Seeds are fixed and printed; a failure prints the configuration and the packet. With
+CI=true a missing prerequisite fails; zero configurations run is a failure.
+"""
+import argparse
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.abspath(__file__)
+PREFIX = "mx%d" % os.getpid()
+SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+POD4, POD6 = "10.200.0.2", "fd00:200::2"
+WORLD4, WORLD6 = "10.200.0.1", "fd00:200::1"
+DNS4, DNS6 = "10.96.0.10", "fd00:96::a"
+OUTBOUND = (15001, 15101)
+INBOUND = (15006, 15106)
+DNS_PORT = 15053
+CATCH = 9999
+APP_PORTS = [22, 53, 80, 443, 3306, 6379, 8080, 9000, 9090, 15008, 15020, 15021, 15090, 20000, 30000]
+
+
+# ---------------------------------------------------------------------------------------
+# The agent: runs in a namespace, listens, sends packets on request, reports as JSON lines.
+
+def fmt(addr):
+    return ("[%s]:%d" if ":" in addr[0] else "%s:%d") % (addr[0], addr[1])
+
+
+def original_dst(conn, family):
+    try:
+        if family == socket.AF_INET:
+            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port, addr = struct.unpack("!2xH4s8x", raw)
+            return "%s:%d" % (socket.inet_ntop(socket.AF_INET, addr), port)
+        raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        port, addr = struct.unpack("!2xH4x16s4x", raw)
+        return "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, addr), port)
+    except OSError:
+        return None
+
+
+def emit(event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def agent(role):
+    socks = {}
+    if role == "pod":
+        plan = [(p, "tcp", "outbound") for p in OUTBOUND] + [(p, "tcp", "inbound") for p in INBOUND]
+        plan += [(DNS_PORT, "tcp", "dns"), (DNS_PORT, "udp", "dns")]
+        plan += [(p, proto, "app") for p in APP_PORTS for proto in ("tcp", "udp")]
+    else:
+        plan = [(CATCH, "tcp", "world"), (CATCH, "udp", "world")]
+    for port, proto, kind in plan:
+        for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == "inbound":  # TPROXY needs a transparent listener; REDIRECT works too
+                if fam == socket.AF_INET:
+                    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                else:
+                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            s.bind((host, port))
+            if proto == "tcp":
+                s.listen(128)
+            s.setblocking(False)
+            socks[s.fileno()] = (s, fam, proto, kind, port)
+    emit({"ev": "ready"})
+    children = {}
+    stdin = sys.stdin.fileno()
+    buffered = b""
+    while True:
+        fds = list(socks) + [stdin]
+        ready, _, _ = select.select(fds, [], [], 0.02)
+        for fd in ready:
+            if fd == stdin:
+                chunk = os.read(stdin, 65536)
+                if not chunk:
+                    return
+                buffered += chunk
+                while b"\n" in buffered:
+                    line, buffered = buffered.split(b"\n", 1)
+                    command = json.loads(line)
+                    pid = os.fork()
+                    if pid == 0:
+                        os._exit(send(command))
+                    children[pid] = command["id"]
+                continue
+            s, fam, proto, kind, port = socks[fd]
+            try:
+                if proto == "udp":
+                    data, peer = s.recvfrom(512)
+                    emit({"ev": "got", "id": int(data.decode()), "kind": kind, "port": port, "orig": None,
+                          "local": None, "peer": fmt(peer)})
+                    continue
+                conn, peer = s.accept()
+            except (BlockingIOError, ValueError):
+                continue
+            try:
+                conn.settimeout(1.0)
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(64)
+                    if not chunk:
+                        break
+                    data += chunk
+                emit({"ev": "got", "id": int(data.decode().strip()), "kind": kind, "port": port,
+                      "orig": original_dst(conn, fam), "local": fmt(conn.getsockname()[:2]),
+                      "peer": fmt(peer[:2])})
+            except (OSError, ValueError) as e:
+                emit({"ev": "error", "error": str(e)})
+            finally:
+                conn.close()
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            emit({"ev": "sent", "id": children.pop(pid), "status": os.waitstatus_to_exitcode(status)})
+
+
+def send(c):
+    """In a forked child: become the packet's owner and send it. Exit status 0: sent."""
+    try:
+        if c.get("gid") is not None:
+            os.setgroups([])
+            os.setgid(c["gid"])
+        if c.get("uid") is not None:
+            os.setuid(c["uid"])
+        fam = socket.AF_INET6 if ":" in c["dst"] else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM if c["proto"] == "tcp" else socket.SOCK_DGRAM)
+        if c.get("src"):
+            s.bind((c["src"], 0))
+        payload = b"%d" % c["id"]
+        if c["proto"] == "udp":
+            s.sendto(payload, (c["dst"], c["port"]))
+            return 0
+        s.settimeout(1.5)
+        s.connect((c["dst"], c["port"]))
+        s.sendall(payload + b"\n")
+        s.recv(1)  # the listener closes after reading
+        return 0
+    except OSError:
+        return 3
+
+
+# ---------------------------------------------------------------------------------------
+# Orchestration
+
+class Failure(Exception):
+    pass
+
+
+def sh(cmd, check=True, stdin=None, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, input=stdin, env=env)
+    if check and p.returncode != 0:
+        raise Failure("%s -> %d: %s" % (" ".join(cmd), p.returncode, (p.stderr or p.stdout).strip()[:800]))
+    return p
+
+
+class Agent:
+    def __init__(self, ns, role):
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, HERE, "agent", role],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        self.buffer = b""
+        line = self.p.stdout.readline()
+        if b"ready" not in line:
+            raise Failure("agent %s did not start" % role)
+
+    def send(self, commands):
+        for c in commands:
+            self.p.stdin.write((json.dumps(c) + "\n").encode())
+        self.p.stdin.flush()
+
+    def events(self):
+        out = []
+        while True:
+            ready, _, _ = select.select([self.p.stdout], [], [], 0)
+            if not ready:
+                return out
+            chunk = os.read(self.p.stdout.fileno(), 65536)
+            if not chunk:
+                return out
+            self.buffer += chunk
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                out.append(json.loads(line))
+
+    def stop(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.p.wait()
+
+
+class Topology:
+    def __init__(self):
+        self.pod = PREFIX + "-pod"
+        self.world = PREFIX + "-world"
+        self.agents = []
+
+    def __enter__(self):
+        for ns in (self.pod, self.world):
+            sh(["ip", "netns", "add", ns])
+            self.ns(ns, ["ip", "link", "set", "lo", "up"])
+        sh(["ip", "link", "add", "eth0", "netns", self.pod, "type", "veth", "peer", "name", "veth1", "netns",
+            self.world])
+        for ns, dev, v4, v6 in ((self.pod, "eth0", POD4 + "/24", POD6 + "/64"),
+                                (self.world, "veth1", WORLD4 + "/24", WORLD6 + "/64")):
+            self.ns(ns, ["ip", "addr", "add", v4, "dev", dev])
+            self.ns(ns, ["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"])
+            self.ns(ns, ["ip", "link", "set", dev, "up"])
+        self.ns(self.pod, ["ip", "route", "add", "default", "via", WORLD4])
+        self.ns(self.pod, ["ip", "-6", "route", "add", "default", "via", WORLD6])
+        # Every TCP/UDP packet reaching the world is its catch-all's, whatever its address.
+        self.ns(self.world, ["nft", "-f", "-"], stdin="""
+table inet catch {
+    chain pre { type nat hook prerouting priority -100; policy accept; meta l4proto { tcp, udp } redirect to :%d; }
+}
+""" % CATCH)
+        self.pod_agent = Agent(self.pod, "pod")
+        self.agents.append(self.pod_agent)
+        self.world_agent = Agent(self.world, "world")
+        self.agents.append(self.world_agent)
+        return self
+
+    def __exit__(self, *exc):
+        for a in self.agents:
+            a.stop()
+        for ns in (self.pod, self.world):
+            sh(["ip", "netns", "del", ns], check=False)
+
+    def ns(self, ns, cmd, **kw):
+        return sh(["ip", "netns", "exec", ns] + cmd, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Random configurations and candidate packets
+
+def v4net(r):
+    return "10.%d.0.0/16" % r.randrange(1, 100)
+
+
+def v6net(r):
+    return "fd00:%x::/32" % r.randrange(1, 0x100)
+
+
+def port_list(r, long_ok=True):
+    choice = r.randrange(6)
+    if choice == 0:
+        return ""
+    if choice == 1:
+        return ",".join(str(p) for p in r.sample(APP_PORTS, r.randrange(1, 4)))
+    if choice == 2:
+        a = r.choice(APP_PORTS)
+        return "%d-%d" % (a, a + r.randrange(1, 200))
+    if choice == 3 and long_ok:  # more than 16: nft matches it with one set
+        return ",".join(str(p) for p in sorted(r.sample(APP_PORTS, 12)) + ["%d" % (40000 + i) for i in range(6)])
+    return ",".join([str(r.choice(APP_PORTS)), "%d-%d" % (9000, 9100)])
+
+
+def cidr_list(r, ipv6):
+    choice = r.randrange(5)
+    if choice == 0:
+        return []
+    if choice == 1:  # a long list: a set in nft
+        return ["10.%d.0.0/16" % i for i in r.sample(range(1, 100), 20)]
+    items = [v4net(r) for _ in range(r.randrange(1, 4))]
+    if ipv6 or r.randrange(2):
+        items += [v6net(r) for _ in range(r.randrange(1, 3))]
+    if r.randrange(4) == 0:
+        items.append(DNS4 + "/32")
+    return items
+
+
+def random_config(r):
+    """Flags (a list), environment (a dict) and the facts the packet drawing needs."""
+    ipv6 = r.randrange(2) == 0
+    tproxy = r.randrange(3) == 0
+    uids = ["1337"] if r.randrange(3) else ["1337", "1500"]
+    gid_flag = r.choice(["", "", "1337", "1600"])
+    include = r.choice(["*", "*", "", "list"])
+    include_list = cidr_list(r, ipv6) if include == "list" else []
+    exclude = cidr_list(r, ipv6)
+    inbound = r.choice(["*", "*", "", "list"])
+    f = {
+        "-p": str(r.choice(OUTBOUND)),
+        "-z": str(r.choice(INBOUND)),
+        "-u": ",".join(uids),
+        "-g": gid_flag,
+        "-m": "TPROXY" if tproxy else r.choice(["REDIRECT", "REDIRECT", ""]),
+        "-i": ",".join(include_list) if include == "list" else include,
+        "-x": ",".join(exclude),
+        "-b": (port_list(r) or "80,8080") if inbound == "list" else inbound,
+        "-d": port_list(r),
+        "-q": port_list(r, long_ok=False),
+        "-o": port_list(r, long_ok=False),
+        "-c": r.choice(["", "", "", "eth0", "eth+", "lo"]),
+        "-k": r.choice(["", "", "", "", "eth0"]),
+        "-t": r.choice(["1337", "1400"]),
+        "-r": r.choice(["133", "140"]),
+    }
+    flags = []
+    for k, v in f.items():
+        flags += [k, v]
+    flags.append("--ipv6=%s" % ("on" if ipv6 else "off"))
+    dns = r.randrange(3)
+    if dns:
+        flags.append("--redirect-dns")
+        if dns == 2:
+            flags.append("--capture-all-dns")
+    if r.randrange(3) == 0:
+        flags.append("--drop-invalid")
+    env = {}
+    groups = []
+    g = r.randrange(5)
+    if g == 0:
+        env["ISTIO_OUTBOUND_OWNER_GROUPS"] = "3000"
+        groups = [3000]
+    elif g == 1:
+        env["ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"] = "3000"
+        groups = [3000]
+    if r.randrange(5) == 0:
+        env["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"] = "127.0.0.1/8"
+    facts = {"uids": [int(u) for u in uids], "gids": [int(gid_flag)] if gid_flag else [int(u) for u in uids],
+             "groups": groups, "include": include_list, "exclude": exclude, "ipv6": ipv6,
+             "ports": sorted({int(p) for key in ("-b", "-d", "-q", "-o") for p in ports_in(f[key])})}
+    return flags, env, facts
+
+
+def ports_in(text):
+    out = []
+    for item in filter(None, text.split(",")):
+        if item == "*":
+            continue
+        if "-" in item:
+            a, b = item.split("-")
+            out += [int(a), int(b)]
+        else:
+            out.append(int(item))
+    return [p for p in out if p in APP_PORTS]
+
+
+def address_in(cidr, r):
+    """An address inside `cidr` (not its network address)."""
+    net, length = cidr.split("/")
+    if ":" in net:
+        return "fd00:%x::%x" % (int(net.split(":")[1], 16), r.randrange(1, 0xffff)) if int(length) >= 32 else net
+    a = [int(x) for x in net.split(".")]
+    if int(length) >= 32:
+        return net
+    return "%d.%d.%d.%d" % (a[0], a[1], r.randrange(0, 256), r.randrange(1, 255))
+
+
+def candidates(r, facts):
+    """Packets to explain (a few hundred: explain takes them all in one call): every owner
+    (app, root, each proxy uid and gid, the owner groups), destinations inside every listed
+    CIDR and outside, every listed port, DNS servers, loopback, the pod's own address and the
+    passthrough source over lo, inbound to every port; both families."""
+    out = []
+    owners = ["uid=1000", "uid=0"] + ["uid=%d" % u for u in facts["uids"]]
+    owners += ["uid=1000 gid=%d" % g for g in facts["gids"] + facts["groups"]]
+    ports = sorted(set(facts["ports"] + [80, 8080, 53, 15008, 22]))
+    v4 = [address_in(c, r) for c in facts["include"] + facts["exclude"] if ":" not in c]
+    v6 = [address_in(c, r) for c in facts["include"] + facts["exclude"] if ":" in c]
+    v4 += ["192.168.7.%d" % r.randrange(1, 255), "10.%d.1.1" % r.randrange(100, 199)]
+    v6 += ["2001:db8::%x" % r.randrange(1, 0xffff)]
+    remote = [(h, False) for h in v4] + [(h, True) for h in v6]
+    for host, six in remote:
+        dst = "[%s]" % host if six else host
+        for owner in owners:
+            for port in set(r.sample(ports, min(3, len(ports))) + [80]):
+                out.append("out %s %s:%d %s" % (r.choice(["tcp", "tcp", "udp"]), dst, port, owner))
+    for port in ports:  # every listed port, from the app, to a destination no CIDR names
+        for proto in ("tcp", "udp"):
+            out.append("out %s 192.168.8.%d:%d uid=1000" % (proto, r.randrange(1, 255), port))
+            out.append("out %s [2001:db8:8::%x]:%d uid=1000" % (proto, r.randrange(1, 0xffff), port))
+    for server, six in ((DNS4, False), (DNS6, True), ("192.168.9.9", False)):
+        dst = "[%s]" % server if six else server
+        for owner in owners:
+            for proto in ("udp", "tcp"):
+                out.append("out %s %s:53 %s" % (proto, dst, owner))
+    for six in (False, True):  # stays in the pod
+        loop, pod, src = ("[::1]", "[%s]" % POD6, "::6") if six else ("127.0.0.1", POD4, "127.0.0.6")
+        for owner in owners:
+            for port in (8080, 15008, 53):
+                for proto in ("tcp", "udp"):
+                    out.append("out %s %s:%d %s" % (proto, loop, port, owner))
+                    out.append("out %s %s:%d %s iface=lo" % (proto, pod, port, owner))
+        for uid in facts["uids"] + [1000]:
+            out.append("out tcp %s:8080 uid=%d iface=lo src=%s" % (pod, uid, src))
+    for six in (False, True):
+        pod, world = ("[%s]" % POD6, WORLD6) if six else (POD4, WORLD4)
+        for port in sorted(set(ports + APP_PORTS)):
+            out.append("in tcp %s:%d src=%s" % (pod, port, world))
+            if r.randrange(3) == 0:
+                out.append("in udp %s:%d src=%s" % (pod, port, world))
+    if not facts["ipv6"]:
+        # Without IPv6 on, meshinit adds no ::6 to lo: nothing can send from it.
+        out = [p for p in out if "src=::6" not in p]
+    return out
+
+
+def rule_keys(path):
+    return {(s["table"], s["chain"], s["nft"]) for s in path}
+
+
+def choose(explained, r, extra=3):
+    """Packets that together meet every rule and verdict the candidates reach, plus a few
+    more at random."""
+    covered = set()
+    chosen = []
+    order = list(range(len(explained)))
+    r.shuffle(order)
+    for i in order:
+        e = explained[i]
+        keys = rule_keys(e["path"]) | {("verdict", e["verdict"]["kind"], str(e["verdict"].get("port")))}
+        if keys - covered:
+            covered |= keys
+            chosen.append(i)
+    rest = [i for i in order if i not in chosen]
+    chosen += rest[:extra]
+    return sorted(chosen), covered
+
+
+def endpoint(e):
+    host = e["destination"]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, e["port"])
+
+
+def command(e, pid):
+    c = {"id": pid, "proto": e["protocol"], "dst": e["destination"], "port": e["port"]}
+    if e["direction"] == "out":
+        c["uid"], c["gid"] = e["uid"], e["gid"]
+        if e["source"] and e["interface"] == "lo" and e["source"] != e["destination"] and \
+                e["source"] not in ("127.0.0.1", "::1"):
+            c["src"] = e["source"]
+    else:
+        c["src"] = e["source"]
+    return c
+
+
+def judge(e, got):
+    """Empty when what happened is what explain said; else the difference."""
+    v = e["verdict"]
+    dst = endpoint(e)
+    tcp = e["protocol"] == "tcp"
+    if v["kind"] == "uncertain":
+        return "explain is uncertain about a plan it made"
+    if v["kind"] == "drop":
+        return "" if not got else "explain: dropped; got by %s" % got
+    if len(got) != 1:
+        return "explain: %s; %s" % (v["text"], "nobody got it" if not got else "got %d times: %s" % (len(got), got))
+    g = got[0]
+    if v["kind"] == "redirect":
+        if g["port"] != v["port"]:
+            return "explain: redirect to %d; got by %s %d" % (v["port"], g["kind"], g["port"])
+        if tcp and g["orig"] != dst:
+            return "explain: redirect keeping %s; the listener read SO_ORIGINAL_DST %s" % (dst, g["orig"])
+        return ""
+    if v["kind"] == "tproxy":
+        if g["port"] != v["port"]:
+            return "explain: TPROXY to %d; got by %s %d" % (v["port"], g["kind"], g["port"])
+        if tcp and g["local"] != dst:
+            return "explain: TPROXY keeping %s; the listener's address is %s" % (dst, g["local"])
+        return ""
+    # pass
+    if e["direction"] == "in" or e["interface"] == "lo":
+        if g["kind"] != "app" or g["port"] != e["port"]:
+            return "explain: not captured (the app on %d); got by %s %d" % (e["port"], g["kind"], g["port"])
+        if tcp and g["local"] != dst:
+            return "explain: not captured; the app's address is %s, not %s" % (g["local"], dst)
+        return ""
+    if g["kind"] != "world":
+        return "explain: not captured (leaves the pod); got by %s %d" % (g["kind"], g["port"])
+    if tcp and g["orig"] != dst:
+        return "explain: leaves for %s; the world saw %s" % (dst, g["orig"])
+    return ""
+
+
+def run_config(topo, binary, backend, flags, env, facts, r, live, stats):
+    pod = ["ip", "netns", "exec", topo.pod]
+    environment = dict(os.environ, **env)
+    extra = ["--native-nftables"] if backend == "nft" else []
+    sh(pod + [binary, "clean"], env=environment)
+    sh(pod + [binary] + flags + extra, env=environment)
+    packets = candidates(r, facts)
+    p = sh(pod + [binary, "explain", "--format", "json"] + flags + extra + ["-"], stdin="\n".join(packets) + "\n",
+           env=environment)
+    explained = [json.loads(line) for line in p.stdout.splitlines()]
+    if len(explained) != len(packets):
+        raise Failure("explain answered %d of %d packets" % (len(explained), len(packets)))
+    chosen, covered = choose(explained, r)
+    planned = json.loads(sh([binary, "plan", "--format", "json"] + flags + extra, env=environment).stdout)
+    rules = {(op["table"], op["chain"], "add rule inet istio-proxy-%s %s %s" % (
+        op["table"], op["chain"].lower().replace("_", "-"), op["nft"])) for op in planned["operations"]}
+    stats["rules"] += len(rules)
+    stats["hit"] += len(rules & covered)
+    if live:
+        p = sh(pod + [binary, "explain", "--live", "--format", "json"] + flags + extra + ["-"],
+               stdin="\n".join(packets[i] for i in chosen) + "\n", env=environment, check=False)
+        if p.returncode != 0:
+            raise Failure("explain --live exit %d: %s %s" % (p.returncode, p.stderr.strip()[-400:], p.stdout[-800:]))
+        for line, i in zip(p.stdout.splitlines(), chosen):
+            l = json.loads(line)
+            if l["divergence"] or l["verdict"]["kind"] != explained[i]["verdict"]["kind"]:
+                raise Failure("explain --live disagrees with the plan for %s: %s" % (packets[i], l["divergence"]))
+        stats["live"] += len(chosen)
+    base = stats["sent"] * 1000 + 1000
+    by_id = {}
+    pod_cmds, world_cmds = [], []
+    for n, i in enumerate(chosen):
+        pid = base + n
+        by_id[pid] = explained[i]
+        (pod_cmds if explained[i]["direction"] == "out" else world_cmds).append(command(explained[i], pid))
+    topo.pod_agent.send(pod_cmds)
+    topo.world_agent.send(world_cmds)
+    got = {pid: [] for pid in by_id}
+    sent = set()
+    deadline = time.time() + 3.0
+    settle = None
+    while time.time() < deadline:
+        for agent in (topo.pod_agent, topo.world_agent):
+            for ev in agent.events():
+                if ev["ev"] == "got" and ev["id"] in got:
+                    got[ev["id"]].append(ev)
+                elif ev["ev"] == "sent" and ev["id"] in got:
+                    sent.add(ev["id"])
+        if len(sent) == len(by_id):
+            settle = settle or time.time() + 0.05
+            if time.time() >= settle:
+                break
+        time.sleep(0.005)
+    failures = []
+    for pid, e in by_id.items():
+        stats["sent"] += 1
+        stats["kinds"][e["verdict"]["kind"]] = stats["kinds"].get(e["verdict"]["kind"], 0) + 1
+        problem = judge(e, got[pid])
+        if problem:
+            failures.append("%s\n      %s\n      why: %s" % (e["packet"], problem, e["verdict"]["why"]))
+    return failures
+
+
+SEED = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d",
+        "15090,15021,15020", "--ipv6=on"]
+
+
+def cli_checks(binary):
+    """The command line's contract: bad input is exit 64 with one line naming it."""
+    problems = []
+    for args, fragment in (([], "explain needs a packet"),
+                           (["out tcp 1.2.3.4"], 'invalid packet "out tcp 1.2.3.4"'),
+                           (["out tcp 1.2.3.4:80 uid=x"], 'uid "x"'),
+                           (["-p", "0", "out tcp 1.2.3.4:80"], "-p/--envoy-port"),
+                           (["--format", "yaml", "out tcp 1.2.3.4:80"], "yaml"),
+                           (["--bogus", "out tcp 1.2.3.4:80"], "--bogus")):
+        p = sh([binary, "explain"] + args, check=False, stdin="")
+        lines = p.stderr.strip().splitlines()
+        if p.returncode != 64 or len(lines) != 1 or fragment not in lines[0] or p.stdout:
+            problems.append("explain %s: exit %d, stderr %r, stdout %r (expected 64 and one line with %r)" % (
+                args, p.returncode, p.stderr, p.stdout[:200], fragment))
+    p = sh([binary, "explain"] + SEED + ["out tcp 10.0.0.5:80 uid=1000", "-"], stdin="in tcp :8080\n# a comment\n\n")
+    if p.stdout.count("verdict: captured") != 2:
+        problems.append("explain with a packet and two from stdin: %r" % p.stdout)
+    return problems
+
+
+def live_drift(topo, binary):
+    """explain --live against rules someone changed: it must say where, and exit 3."""
+    problems = []
+    pod = ["ip", "netns", "exec", topo.pod]
+    packet = "out tcp 10.9.9.9:80 uid=1000"
+    for backend, extra, remove, foreign in (
+            ("iptables", [], ["iptables", "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"],
+             ["iptables", "-t", "nat", "-I", "OUTPUT", "1", "-p", "tcp", "-j", "DNAT", "--to-destination",
+              "10.0.0.1"]),
+            ("nft", ["--native-nftables"], None, ["nft", "insert", "rule", "inet", "istio-proxy-nat",
+                                                  "istio-output", "tcp", "dport", "80", "accept"])):
+        sh(pod + [binary, "clean"])
+        sh(pod + [binary] + SEED + extra)
+        p = sh(pod + [binary, "explain", "--live"] + SEED + extra + [packet], check=False)
+        if p.returncode != 0 or "agree with the plan" not in p.stdout:
+            problems.append("%s: explain --live of an untouched install: exit %d %s" % (backend, p.returncode,
+                                                                                         p.stdout[-300:]))
+        if remove:
+            sh(pod + remove)
+            if backend == "iptables":  # the same jump is in ip6tables: remove it there too
+                sh(pod + ["ip6tables"] + remove[1:])
+            p = sh(pod + [binary, "explain", "--live", "--format", "json"] + SEED + extra + [packet], check=False)
+            line = json.loads(p.stdout) if p.stdout.strip() else {}
+            if p.returncode != 3 or line.get("verdict", {}).get("kind") != "pass" or \
+                    "ISTIO_REDIRECT" not in " ".join(line.get("divergence", [])):
+                problems.append("%s: a deleted jump: exit %d %s" % (backend, p.returncode, p.stdout[-400:]))
+        sh(pod + foreign)
+        p = sh(pod + [binary, "explain", "--live"] + SEED + extra + [packet], check=False)
+        if p.returncode != 3 or ("uncertain" not in p.stdout and backend == "iptables") or \
+                "live differs from the plan" not in p.stdout:
+            problems.append("%s: a foreign rule: exit %d %s" % (backend, p.returncode, p.stdout[-400:]))
+        sh(pod + [binary, "clean"])
+        sh(pod + ["iptables", "-t", "nat", "-F", "OUTPUT"], check=False)
+        sh(pod + ["nft", "delete", "table", "inet", "istio-proxy-nat"], check=False)
+    return problems
+
+
+def prerequisites():
+    missing = [t for t in ("ip", "nft", "iptables-nft-restore", "ip6tables-nft-restore") if not shutil.which(t)]
+    if os.geteuid() != 0:
+        missing.append("root")
+    return missing
+
+
+def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "agent":
+        agent(sys.argv[2])
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--configs", type=int, default=110, help="configurations per backend")
+    ap.add_argument("--seed", type=int, default=20261203)
+    ap.add_argument("--backend", choices=["iptables", "nft", "both"], default="both")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.bin)
+    missing = prerequisites()
+    if missing:
+        print("differential: missing %s" % ", ".join(missing))
+        return 1 if os.environ.get("CI") == "true" else 0
+    # Clients run as other uids: the script they fork from is already loaded, nothing to read.
+    backends = ["iptables", "nft"] if args.backend == "both" else [args.backend]
+    resolv = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False)
+    resolv.write("nameserver %s\nnameserver %s\n" % (DNS4, DNS6))
+    resolv.close()
+    os.chmod(resolv.name, 0o644)
+    stats = {"configs": 0, "sent": 0, "hit": 0, "rules": 0, "live": 0, "kinds": {}, "problems": 1}
+    failed = 0
+    start = time.time()
+    print("differential: seed %d, %d configurations per backend, backends %s" % (
+        args.seed, args.configs, " ".join(backends)))
+    try:
+        with Topology() as topo:
+            for backend in backends:
+                for n in range(args.configs):
+                    seed = args.seed * 1000 + n
+                    r = random.Random(seed)
+                    flags, env, facts = random_config(r)
+                    flags = flags + ["--resolv-conf", resolv.name]
+                    try:
+                        failures = run_config(topo, binary, backend, flags, env, facts, r, n % 5 == 0, stats)
+                    except Failure as e:
+                        failures = [str(e)]
+                    stats["configs"] += 1
+                    if failures:
+                        failed += 1
+                        print("FAIL %s config seed %d: %s%s" % (backend, seed, " ".join(
+                            "%s=%s" % kv for kv in env.items()) + (" " if env else ""), " ".join(
+                            "'%s'" % a if a == "" or " " in a or "*" in a else a for a in flags)))
+                        for f in failures[:5]:
+                            print("    " + f)
+            sh(["ip", "netns", "exec", topo.pod, binary, "clean"], check=False)
+            checks = cli_checks(binary) + live_drift(topo, binary)
+            for problem in checks:
+                print("FAIL " + problem)
+            stats["problems"] = len(checks)
+            print("differential: command line and --live drift checks: %d problems" % len(checks))
+    finally:
+        os.unlink(resolv.name)
+    elapsed = time.time() - start
+    kinds = ", ".join("%s %d" % kv for kv in sorted(stats["kinds"].items()))
+    print("differential: %d configurations, %d packets sent (%s), %d also explained --live; rules met by the "
+          "candidates: %d of %d planned (%.0f%%; a first packet cannot meet established/connmark/mark-1337 "
+          "rules); %.1fs" % (stats["configs"], stats["sent"], kinds, stats["live"], stats["hit"], stats["rules"],
+                             100.0 * stats["hit"] / max(stats["rules"], 1), elapsed))
+    print("differential: %d configurations passed, %d failed" % (stats["configs"] - failed, failed))
+    if stats["configs"] == 0 or stats["sent"] == 0:
+        print("differential: nothing ran: a failure")
+        return 1
+    return 1 if failed or stats["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,6 +60,27 @@ struct ExplainCommand: ParsableCommand {
         }
         try explain(given: given, operands: operands ?? [], format: format, backend: backend, live: live)
     }
+
+    /// `explain`'s arguments (after `explain`) as the fast path reads them, or nil for the
+    /// full CLI (`--live`, help, and the messages for a bad format or backend).
+    static func fastPath(_ arguments: ArraySlice<String>) -> (
+        format: ExplainFormat, backend: Backend?, given: [IstioFlag: String], operands: [String]
+    )? {
+        guard !arguments.contains("--live") else { return nil }
+        var options: [String: String] = [:]
+        var operands: [String]? = []
+        guard
+            let given = try? IstioArguments.parse(
+                arguments, options: ["format", "backend"], into: &options, operands: &operands),
+            let format = ExplainFormat(rawValue: options["format"] ?? ExplainFormat.text.rawValue)
+        else { return nil }
+        var backend: Backend?
+        if let name = options["backend"] {
+            guard let chosen = Backend(rawValue: name) else { return nil }
+            backend = chosen
+        }
+        return (format, backend, given, operands ?? [])
+    }
 }
 
 /// `explain`: parses every packet first (a bad one is exit 64 and prints nothing), plans,

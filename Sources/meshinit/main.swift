@@ -6,8 +6,9 @@ import MeshSystem
     import Glibc
 #endif
 
-/// The init container's path first: `meshinit [istio-iptables] FLAGS` and `meshinit plan
-/// [--format F] [--family X] FLAGS` are parsed without the CLI framework (swift-argument-
+/// The init container's path first: `meshinit [istio-iptables] FLAGS`, `meshinit plan
+/// [--format F] [--family X] FLAGS` and `meshinit explain [--format F] [--backend B] FLAGS
+/// PACKETS` are parsed without the CLI framework (swift-argument-
 /// parser's reflection-driven parse costs about 15 M instructions per start; the table-driven
 /// parser a few thousand). Anything else — sub-commands, help, version, completions, and any
 /// command line the fast parser refuses — goes through swift-argument-parser, whose commands
@@ -28,6 +29,10 @@ func runMain() -> Int32 {
         }
         if arguments.first == "plan", let plan = PlanCommand.fastPath(arguments.dropFirst()) {
             try printPlan(format: plan.format, family: plan.family, given: plan.given)
+            return ExitStatus.ok.rawValue
+        }
+        if arguments.first == "explain", let e = ExplainCommand.fastPath(arguments.dropFirst()) {
+            try explain(given: e.given, operands: e.operands, format: e.format, backend: e.backend, live: false)
             return ExitStatus.ok.rawValue
         }
         var command = try Meshinit.parseAsRoot(arguments)

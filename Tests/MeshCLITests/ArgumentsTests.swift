@@ -39,7 +39,7 @@ struct FlagTableTests {
 
     /// The help every command prints lists every flag from the table: spelling, value,
     /// environment variables and default.
-    @Test("help text is the table", arguments: ["install", "plan", "clean", "verify"])
+    @Test("help text is the table", arguments: ["install", "plan", "explain", "clean", "verify"])
     func help(command: String) throws {
         let text = Meshinit.helpMessage(for: try #require(Self.command(command)), columns: 200)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
@@ -166,6 +166,22 @@ struct ArgumentsTests {
                     default: nil
                     }
                 #expect(passed == argv, "\(name) \(argv)")
+            }
+            // explain: flags, then packets; the fast path reads them as the full CLI does.
+            let packets = ["out", "tcp", "10.0.0.5:80", "uid=1000", "in tcp :8080", "-"]
+            guard let full = try? Meshinit.parseAsRoot(["explain"] + argv + packets) as? ExplainCommand else {
+                Issue.record("explain refused \(argv)")
+                return
+            }
+            #expect(full.arguments == argv + packets, "explain \(argv)")
+            var operands: [String]? = []
+            var extra: [String: String] = [:]
+            let given = try? IstioArguments.parse(full.arguments, options: [], into: &extra, operands: &operands)
+            let fast = ExplainCommand.fastPath(ArraySlice(argv + packets))
+            if let given {
+                #expect(fast?.given == given && fast?.operands == operands, "explain \(argv)")
+            } else {
+                #expect(fast == nil, "explain \(argv): a refused flag goes to the full CLI's message")
             }
         }
     }

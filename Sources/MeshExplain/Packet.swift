@@ -103,10 +103,20 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         guard words.count >= 3 else {
             throw fail("expected DIRECTION PROTOCOL ENDPOINT [KEY=VALUE...], e.g. out tcp 10.0.0.5:80 uid=1000")
         }
-        guard let direction = Direction(rawValue: String(words[0])) else {
+        let direction: Direction
+        if words[0].utf8.elementsEqual("out".utf8) {
+            direction = .out
+        } else if words[0].utf8.elementsEqual("in".utf8) {
+            direction = .in
+        } else {
             throw fail("direction \(quote(words[0])): expected out or in")
         }
-        guard let proto = L4Protocol(rawValue: String(words[1])) else {
+        let proto: L4Protocol
+        if words[1].utf8.elementsEqual("tcp".utf8) {
+            proto = .tcp
+        } else if words[1].utf8.elementsEqual("udp".utf8) {
+            proto = .udp
+        } else {
             throw fail("protocol \(quote(words[1])): expected tcp or udp")
         }
         let endpoint = words[2]

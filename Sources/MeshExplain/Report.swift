@@ -12,6 +12,7 @@ public final class Report {
     private var jsonCache: [Int: String] = [:]
     /// Reasons by what they depend on (the decisive rule, the verdict, the path's length).
     private var reasonCache: [ReasonKey: String] = [:]
+    private var reasonJSONCache: [ReasonKey: String] = [:]
 
     struct ReasonKey: Hashable {
         var decisive: Int
@@ -51,7 +52,7 @@ public final class Report {
         let p = e.packet
         switch e.verdict {
         case .redirected(let port, let listener):
-            let kept = "original destination \(original) kept (SO_ORIGINAL_DST)"
+            let kept = "original destination \(original) kept\(p.proto == .tcp ? " (SO_ORIGINAL_DST)" : "")"
             switch listener {
             case .dns?: return "DNS captured: redirected to port \(port), istio-agent's DNS proxy; \(kept)"
             case .proxyPort?: return "captured: redirected to port \(port), the proxy's outbound listener; \(kept)"
@@ -77,20 +78,40 @@ public final class Report {
 
     /// Why: the decisive rule and what it comes from.
     public func reasonText(_ e: Explanation) -> String {
-        let key = ReasonKey(
-            decisive: e.decisive.map { e.steps[$0].entry } ?? -1, kind: e.verdict.kind,
-            steps: e.decisive ?? -e.steps.count)
+        let key = reasonKey(e)
         if let cached = reasonCache[key] { return cached }
         let text = reason(e)
         reasonCache[key] = text
         return text
     }
 
+    /// `reasonText` as a JSON string (it quotes flag values), escaped once per reason.
+    private func reasonJSON(_ e: Explanation) -> String {
+        let key = reasonKey(e)
+        if let cached = reasonJSONCache[key] { return cached }
+        var text = ""
+        JSONValue.writeString(reasonText(e), to: &text)
+        reasonJSONCache[key] = text
+        return text
+    }
+
+    private func reasonKey(_ e: Explanation) -> ReasonKey {
+        ReasonKey(
+            decisive: e.decisive.map { e.steps[$0].entry } ?? -1, kind: e.verdict.kind,
+            steps: e.decisive ?? -e.steps.count)
+    }
+
     private func reason(_ e: Explanation) -> String {
         guard let i = e.decisive else {
             switch e.verdict {
             case .notCaptured where e.steps.isEmpty: return "no rule captured it"
-            case .notCaptured: return "no rule captured it: after rule \(e.steps.count) it matched no further rule"
+            case .notCaptured:
+                let last = e.steps[e.steps.count - 1]
+                if case .jump(let chain)? = entry(last).target {
+                    return
+                        "no rule captured it: rule \(e.steps.count) sent it to \(chain.iptablesName), where no rule matched it"
+                }
+                return "no rule captured it: after rule \(e.steps.count) it matched no further rule"
             default: return ""
             }
         }
@@ -174,44 +195,29 @@ public final class Report {
     /// The same, appended to `out`.
     public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout String) {
         let p = e.packet
-        out += "{\"packet\":\""
-        out += p.description
-        out += p.direction == .out ? "\",\"direction\":\"out" : "\",\"direction\":\"in"
-        out += p.proto == .tcp ? "\",\"protocol\":\"tcp" : "\",\"protocol\":\"udp"
-        out += p.family == .ipv4 ? "\",\"family\":\"ipv4\"" : "\",\"family\":\"ipv6\""
-        func optional(_ key: String, _ value: String?, quoted: Bool) {
-            out += ",\""
-            out += key
-            out += "\":"
-            guard let value else {
-                out += "null"
-                return
-            }
-            if quoted { out += "\"" }
-            out += value
-            if quoted { out += "\"" }
-        }
-        optional("destination", p.destination?.description, quoted: true)
-        optional("port", p.destinationPort.description, quoted: false)
-        optional("source", p.source?.description, quoted: true)
-        optional("sourcePort", p.sourcePort?.description, quoted: false)
-        optional("uid", p.uid?.description, quoted: false)
-        optional("gid", p.gid?.description, quoted: false)
-        optional("interface", p.interface.name, quoted: true)
-        optional("backend", e.backend.rawValue, quoted: true)
+        func quoted(_ text: String?) -> String { text.map { "\"\($0)\"" } ?? "null" }
+        func number(_ value: (some BinaryInteger)?) -> String { value.map { String($0) } ?? "null" }
+        // One interpolation: the packet's fields are validated values, nothing to escape.
+        out += """
+            {"packet":"\(p.description)","direction":"\(p.direction.rawValue)","protocol":"\(p.proto.rawValue)",\
+            "family":"\(p.family.rawValue)","destination":\(quoted(p.destination?.description)),\
+            "port":\(p.destinationPort.value),"source":\(quoted(p.source?.description)),\
+            "sourcePort":\(number(p.sourcePort?.value)),"uid":\(number(p.uid?.value)),"gid":\(number(p.gid?.value)),\
+            "interface":"\(p.interface.name)","backend":"\(e.backend.rawValue)"
+            """
         out += ",\"path\":["
         for (i, step) in e.steps.enumerated() {
             if i > 0 { out += "," }
             out += stepJSON(step)
         }
         out += "]"
-        optional("decisive", e.decisive.map { String($0 + 1) }, quoted: false)
+        out += ",\"decisive\":"
+        out += number(e.decisive.map { $0 + 1 })
         out += ",\"verdict\":{\"kind\":\""
         out += e.verdict.kind
         out += "\""
         switch e.verdict {
         case .redirected(let port, let listener):
-            optional("port", port.description, quoted: false)
             let name: String? =
                 switch listener {
                 case .proxyPort?: "outbound"
@@ -219,17 +225,16 @@ public final class Report {
                 case .dns?: "dns"
                 default: nil
                 }
-            optional("listener", name, quoted: true)
+            out += ",\"port\":\(port),\"listener\":\(quoted(name))"
         case .tproxied(let port, let mark):
-            optional("port", port.description, quoted: false)
-            optional("mark", mark.description, quoted: false)
+            out += ",\"port\":\(port),\"mark\":\(mark)"
         default:
             break
         }
         out += ",\"text\":"
         JSONValue.writeString(verdictText(e), to: &out)
         out += ",\"why\":"
-        JSONValue.writeString(reasonText(e), to: &out)
+        out += reasonJSON(e)
         out += "},\"notes\":"
         JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
         for (key, value) in extra {

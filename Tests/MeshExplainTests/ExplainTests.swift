@@ -145,7 +145,7 @@ struct SeedTests {
         #expect(e.verdict == .notCaptured)
         // It jumps to ISTIO_REDIRECT, which redirects TCP only, and falls off the end.
         #expect(e.steps.last?.chain == .own(.output))
-        #expect(e.reason == "no rule captured it: after rule 2 it matched no further rule")
+        #expect(e.reason == "no rule captured it: rule 2 sent it to ISTIO_REDIRECT, where no rule matched it")
     }
 }
 

@@ -102,7 +102,7 @@ let package = Package(
         .testTarget(
             name: "MeshExplainTests",
             dependencies: [
-                "MeshExplain", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshIptables",
+                "MeshExplain", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshIptables", "MeshCNI",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),

@@ -185,24 +185,29 @@ public enum PodDecision: Sendable {
         if let namespace = request.podNamespace, config.excludeNamespaces.contains(namespace) {
             return .skip("namespace \(namespace) is excluded")
         }
-        let annotations = config.annotations
+        if let reason = skipReason(annotations: config.annotations, config) { return .skip(reason) }
+        return .capture(input(config))
+    }
+
+    /// Why a pod with these annotations gets no capture, or nil when it gets one.
+    public static func skipReason(annotations: [String: String], _ config: PluginConfig) -> String? {
         if annotations[PodAnnotation.inject]?.lowercased() == "false" {
-            return .skip("\(PodAnnotation.inject) is false")
+            return "\(PodAnnotation.inject) is false"
         }
         if config.requireAnnotation, annotations[PodAnnotation.status] == nil {
-            return .skip("no \(PodAnnotation.status) annotation (no sidecar)")
+            return "no \(PodAnnotation.status) annotation (no sidecar)"
         }
         if annotations["sidecar.istio.io/interceptionMode"] == "NONE" {
-            return .skip("sidecar.istio.io/interceptionMode is NONE")
+            return "sidecar.istio.io/interceptionMode is NONE"
         }
-        return .capture(input(config))
+        return nil
     }
 
     /// The values for a pod with these annotations (the ConfigInput the resolver takes).
     public static func input(_ config: PluginConfig) -> ConfigInput {
         var defaults: ConfigInput.Layer = [:]
         for (flag, text) in PluginConfig.injectedDefaults {
-            defaults[flag] = ConfigInput.Value(text, .configKey(flag.long))
+            defaults[flag] = ConfigInput.Value(text, .pluginDefault(flag))
         }
         var annotated: ConfigInput.Layer = [:]
         for (annotation, flag) in PodAnnotation.flags.reversed() {
@@ -219,7 +224,7 @@ public enum PodDecision: Sendable {
         if !missing.isEmpty {
             let text = (ports + missing).joined(separator: ",")
             layers.append([
-                .localExcludePorts: ConfigInput.Value(text, winner?.source ?? .configKey("istio-local-exclude-ports"))
+                .localExcludePorts: ConfigInput.Value(text, winner?.source ?? .pluginDefault(.localExcludePorts))
             ])
         }
         return ConfigInput(layers: layers)

@@ -9,6 +9,8 @@ public enum ValueSource: Sendable, Hashable, CustomStringConvertible {
     case configKey(String)
     /// A pod annotation.
     case annotation(String)
+    /// The CNI plugin's default for a flag (Istio's injected `istio-init` arguments).
+    case pluginDefault(IstioFlag)
 
     public var description: String {
         switch self {
@@ -17,6 +19,7 @@ public enum ValueSource: Sendable, Hashable, CustomStringConvertible {
         case .file(let path): path
         case .configKey(let key): "config key \(quoted(key))"
         case .annotation(let name): "annotation \(name)"
+        case .pluginDefault(let flag): "the CNI plugin's default for \(flag.displayName)"
         }
     }
 }

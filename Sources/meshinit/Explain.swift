@@ -1,4 +1,5 @@
 import ArgumentParser
+import MeshCNI
 import MeshConfig
 import MeshExplain
 import MeshIptables
@@ -44,6 +45,16 @@ struct ExplainCommand: ParsableCommand {
             "Walk the rules the kernel holds now (in --network-namespace, or here; needs CAP_NET_ADMIN) and say where they and the plan diverge on each packet's path (exit 3 if they do)."
     )
     var live = false
+    @Option(
+        name: .customLong("cni-config"),
+        help: ArgumentHelp(
+            "Explain what the CNI plugin installs for a pod: its network configuration (a .conflist with a meshinit entry, or that entry), instead of Istio's flags.",
+            valueName: "file"))
+    var cniConfig: String?
+    @Option(
+        name: .customLong("annotation"),
+        help: ArgumentHelp("With --cni-config: a pod annotation (repeat for several).", valueName: "key=value"))
+    var annotations: [String] = []
     @Argument(
         parsing: .allUnrecognized,
         help: ArgumentHelp("Istio's istio-iptables flags, then packets (see above).", valueName: "flags-and-packets"))
@@ -58,7 +69,23 @@ struct ExplainCommand: ParsableCommand {
         } catch {
             throw failure(error)
         }
-        try explain(given: given, operands: operands ?? [], format: format, backend: backend, live: live)
+        let source: ExplainSource
+        if let cniConfig {
+            if let flag = given.keys.first(where: { $0 != .networkNamespace }) {
+                throw CommandFailure(
+                    status: .usage,
+                    message:
+                        "\(flag.displayName) cannot be combined with --cni-config: the plugin's configuration holds the settings"
+                )
+            }
+            source = .cni(path: cniConfig, annotations: annotations, netns: given[.networkNamespace])
+        } else {
+            guard annotations.isEmpty else {
+                throw CommandFailure(status: .usage, message: "--annotation goes with --cni-config")
+            }
+            source = .flags(given)
+        }
+        try explain(source, operands: operands ?? [], format: format, backend: backend, live: live)
     }
 
     /// `explain`'s arguments (after `explain`) as the fast path reads them, or nil for the
@@ -83,24 +110,54 @@ struct ExplainCommand: ParsableCommand {
     }
 }
 
+/// Where explain takes the capture settings from.
+enum ExplainSource {
+    /// Istio's flags (and their environment variables), as an init container gets them.
+    case flags([IstioFlag: String])
+    /// The CNI plugin's network configuration and a pod's annotations, as the runtime passes
+    /// them (`netns`: `--network-namespace`, for `--live`).
+    case cni(path: String, annotations: [String], netns: String?)
+}
+
 /// `explain`: parses every packet first (a bad one is exit 64 and prints nothing), plans,
 /// walks each packet through the plan (or the live rules) and prints the walks.
-func explain(given: [IstioFlag: String], operands: [String], format: ExplainFormat, backend: Backend?, live: Bool)
+func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat, backend: Backend?, live: Bool)
     throws
 {
     let packets = try readPackets(operands)
-    let environment = ProcessEnvironment.current()
-    let settings = try resolveSettings(given: given, environment: environment, enterNamespace: live)
+    let settings: Settings
+    let input: ConfigInput
+    var defaultBackend: Backend?
+    switch source {
+    case .flags(let given):
+        let environment = ProcessEnvironment.current()
+        settings = try resolveSettings(given: given, environment: environment, enterNamespace: live)
+        input = ConfigInput(flags: given, environment: environment.values)
+    case .cni(let path, let annotations, let netns):
+        let config = try pluginConfig(path, annotations: annotations)
+        if let reason = PodDecision.skipReason(annotations: config.annotations, config) {
+            writeStandardError("meshinit: warning: the plugin installs nothing for this pod: \(reason)\n")
+        }
+        defaultBackend = config.backend == .iptables ? .iptables : .nft
+        input = PodDecision.input(config)
+        do {
+            if live, let netns { try enterNetworkNamespace(netns) }
+            settings = try ConfigResolver(system: HostLookup()).resolve(input)
+        } catch let error as ConfigError {
+            throw failure(error)
+        } catch let error as NamespaceError {
+            throw failure(error)
+        }
+    }
     printWarnings(settings)
     let plan = Planner.plan(settings.capture)
-    let origins = ConfigInput(flags: given, environment: environment.values).origins(of: settings)
-    let sources = origins.mapValues { $0.map(\.description) }
+    let sources = input.origins(of: settings).mapValues { $0.map(\.description) }
 
     var liveRules: Ruleset?
-    var chosen = backend ?? (settings.run.nativeNftables ? .nft : .iptables)
+    var chosen = backend ?? defaultBackend ?? (settings.run.nativeNftables ? .nft : .iptables)
     if live {
         let context = Context(settings)
-        if backend == nil && context.usesNetlink { chosen = .nft }
+        if backend == nil && defaultBackend == nil && context.usesNetlink { chosen = .nft }
         liveRules = try readLiveRules(plan, backend: chosen, context)
     }
     let planned = Explainer(ruleset: Ruleset(plan: plan, backend: chosen))
@@ -152,6 +209,46 @@ func explain(given: [IstioFlag: String], operands: [String], format: ExplainForm
             status: .drift, message: "the kernel's rules and the plan diverge on \(diverging) of \(packets.count) paths"
         )
     }
+}
+
+/// The plugin's configuration from a `.conflist` (its meshinit entry) or from that entry
+/// alone, with `key=value` annotations added as the runtime passes them.
+func pluginConfig(_ path: String, annotations: [String]) throws -> PluginConfig {
+    let document: JSONSpan
+    do {
+        document = try JSONParser.parse(try Files.read(path))
+    } catch {
+        throw CommandFailure(status: .usage, message: "--cni-config \(quoted(path)): \(error)")
+    }
+    var entry = document
+    if let plugins = document["plugins"] {
+        guard case .array(let items) = plugins.kind,
+            let ours = items.first(where: { $0["type"]?.string == Conflist.pluginType })
+        else {
+            throw CommandFailure(
+                status: .usage, message: "--cni-config \(quoted(path)): no plugin of type \"\(Conflist.pluginType)\"")
+        }
+        entry = ours
+    } else if document["type"]?.string != Conflist.pluginType {
+        throw CommandFailure(
+            status: .usage,
+            message: "--cni-config \(quoted(path)): neither a .conflist nor a plugin of type \"\(Conflist.pluginType)\""
+        )
+    }
+    var config: PluginConfig
+    do {
+        config = try PluginConfig(entry)
+    } catch {
+        throw CommandFailure(status: .usage, message: "--cni-config \(quoted(path)): \(error)")
+    }
+    for annotation in annotations {
+        guard let eq = annotation.firstIndex(of: "="), eq != annotation.startIndex else {
+            throw CommandFailure(
+                status: .usage, message: "invalid value \(quoted(annotation)) for --annotation: expected key=value")
+        }
+        config.annotations[String(annotation[..<eq])] = String(annotation[annotation.index(after: eq)...])
+    }
+    return config
 }
 
 /// Packets from the operands; `-` stands for stdin, one packet per line (blank lines and

@@ -32,7 +32,7 @@ func runMain() -> Int32 {
             return ExitStatus.ok.rawValue
         }
         if arguments.first == "explain", let e = ExplainCommand.fastPath(arguments.dropFirst()) {
-            try explain(given: e.given, operands: e.operands, format: e.format, backend: e.backend, live: false)
+            try explain(.flags(e.given), operands: e.operands, format: e.format, backend: e.backend, live: false)
             return ExitStatus.ok.rawValue
         }
         var command = try Meshinit.parseAsRoot(arguments)

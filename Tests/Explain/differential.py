@@ -608,6 +608,21 @@ def cli_checks(binary):
     p = sh([binary, "explain"] + SEED + ["out tcp 10.0.0.5:80 uid=1000", "-"], stdin="in tcp :8080\n# a comment\n\n")
     if p.stdout.count("verdict: captured") != 2:
         problems.append("explain with a packet and two from stdin: %r" % p.stdout)
+    # The CNI plugin's view: a conflist, an annotation named as the source of its rule.
+    with tempfile.NamedTemporaryFile("w", suffix=".conflist") as f:
+        f.write('{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"meshinit",'
+                '"istio-service-exclude-cidr":"10.96.0.1/32"}]}')
+        f.flush()
+        p = sh([binary, "explain", "--cni-config", f.name, "--annotation", "sidecar.istio.io/status={}",
+                "--annotation", "traffic.sidecar.istio.io/excludeOutboundPorts=6379", "out tcp 10.1.1.1:6379 uid=1000",
+                "out tcp 10.96.0.1:443 uid=1000"], check=False)
+        if p.returncode != 0 or 'from annotation traffic.sidecar.istio.io/excludeOutboundPorts "6379"' not in p.stdout \
+                or 'from config key "istio-service-exclude-cidr" "10.96.0.1/32"' not in p.stdout:
+            problems.append("explain --cni-config: exit %d %s %s" % (p.returncode, p.stdout[-600:], p.stderr))
+        p = sh([binary, "explain", "--cni-config", f.name, "--annotation",
+                "traffic.sidecar.istio.io/excludeOutboundPorts=x", "out tcp 10.1.1.1:80"], check=False)
+        if p.returncode != 64 or "annotation traffic.sidecar.istio.io/excludeOutboundPorts" not in p.stderr:
+            problems.append("explain --cni-config, bad annotation: exit %d %s" % (p.returncode, p.stderr))
     return problems
 
 

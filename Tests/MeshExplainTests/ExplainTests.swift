@@ -1,3 +1,4 @@
+import MeshCNI
 import MeshConfig
 import MeshExplain
 import MeshIptables
@@ -278,6 +279,32 @@ struct FamilyTests {
             #expect(e.line(try e.decided) == "-A ISTIO_OUTPUT -d 10.7.0.0/16 -j RETURN")
             #expect(e.entry(try e.decided).nft.contains("ip daddr { 10.1.0.0/16, "))
         }
+    }
+}
+
+@Suite("explain: the CNI plugin's sources")
+struct CNISourceTests {
+    @Test("a rule from a pod annotation names the annotation; one from the configuration, its key")
+    func annotation() throws {
+        var config = try PluginConfig(
+            try JSONParser.parse(#"{"type":"meshinit","istio-service-exclude-cidr":"10.96.0.1/32"}"#))
+        config.annotations = ["traffic.sidecar.istio.io/excludeOutboundPorts": "6379"]
+        let input = PodDecision.input(config)
+        let settings = try ConfigResolver(system: Lookup()).resolve(input)
+        let ruleset = Ruleset(plan: Planner.plan(settings.capture), backend: .nft)
+        let report = Report(ruleset: ruleset, sources: input.origins(of: settings).mapValues { $0.map(\.description) })
+        let explainer = Explainer(ruleset: ruleset)
+        let port = explainer.explain(try Packet.parse("out tcp 10.1.1.1:6379 uid=1000"))
+        #expect(
+            report.reasonText(port)
+                == #"let go by rule 2 (from annotation traffic.sidecar.istio.io/excludeOutboundPorts "6379")"#)
+        let cidr = explainer.explain(try Packet.parse("out tcp 10.96.0.1:443 uid=1000"))
+        #expect(
+            report.reasonText(cidr)
+                == #"let go by rule 2 (from config key "istio-service-exclude-cidr" "10.96.0.1/32")"#)
+        let app = explainer.explain(try Packet.parse("out tcp 10.1.1.1:80 uid=1000"))
+        #expect(
+            report.reasonText(app) == #"decided by rule 3 (from the CNI plugin's default for -p/--envoy-port "15001")"#)
     }
 }
 

@@ -103,20 +103,10 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         guard words.count >= 3 else {
             throw fail("expected DIRECTION PROTOCOL ENDPOINT [KEY=VALUE...], e.g. out tcp 10.0.0.5:80 uid=1000")
         }
-        let direction: Direction
-        if words[0].utf8.elementsEqual("out".utf8) {
-            direction = .out
-        } else if words[0].utf8.elementsEqual("in".utf8) {
-            direction = .in
-        } else {
+        guard let direction = keyword(words[0], [("out", Direction.out), ("in", .in)]) else {
             throw fail("direction \(quote(words[0])): expected out or in")
         }
-        let proto: L4Protocol
-        if words[1].utf8.elementsEqual("tcp".utf8) {
-            proto = .tcp
-        } else if words[1].utf8.elementsEqual("udp".utf8) {
-            proto = .udp
-        } else {
+        guard let proto = keyword(words[1], [("tcp", L4Protocol.tcp), ("udp", .udp)]) else {
             throw fail("protocol \(quote(words[1])): expected tcp or udp")
         }
         let endpoint = words[2]
@@ -147,7 +137,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
                 throw fail("\(quote(word)): expected KEY=VALUE (uid, gid, iface, src, sport, mark, family)")
             }
             let name = word[..<eq]
-            guard let key = Key.allCases.first(where: { name.utf8.elementsEqual($0.name.utf8) }) else {
+            guard let key = keyword(name, Key.choices) else {
                 throw fail("unknown key \(quote(name)) (expected uid, gid, iface, src, sport, mark, family)")
             }
             guard given[key.rawValue] == nil else { throw fail("key \(quote(name)) given twice") }
@@ -232,10 +222,16 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
     public static func parse(_ line: String) throws(PacketError) -> Packet { try parse(line[...]) }
 
+    /// The value of the keyword `word` is (compared as bytes), or nil.
+    static func keyword<T>(_ word: Substring, _ choices: [(String, T)]) -> T? {
+        choices.first { word.utf8.elementsEqual($0.0.utf8) }?.1
+    }
+
     /// The keys of a packet.
     enum Key: Int, CaseIterable {
         case uid, gid, iface, src, sport, mark, family
         var name: String { ["uid", "gid", "iface", "src", "sport", "mark", "family"][rawValue] }
+        static let choices = allCases.map { ($0.name, $0) }
     }
 
     /// The values given, by key.

@@ -1,3 +1,5 @@
+import MeshModel
+
 /// A bad command line: one line, naming the flag or argument.
 public struct ArgumentError: Error, Sendable, Hashable, CustomStringConvertible {
     public var message: String

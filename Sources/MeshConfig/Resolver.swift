@@ -532,28 +532,6 @@ func isValidAccountName(_ text: Substring) -> Bool {
     }
 }
 
-/// Quotes a value for a one-line message, escaping control characters.
-public func quoted(_ value: String) -> String {
-    var out = "\""
-    for scalar in value.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        case "\r": out += "\\r"
-        default:
-            switch scalar.properties.generalCategory {
-            case .control, .format, .lineSeparator, .paragraphSeparator, .surrogate, .unassigned:
-                out += "\\u{" + String(scalar.value, radix: 16) + "}"
-            default:
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
-}
-
 /// Where a capture setting's value came from: a flag, variable, file, config key or
 /// annotation, with the text it gave (or the default it fell back to).
 public struct ValueOrigin: Sendable, Hashable, CustomStringConvertible {

@@ -104,29 +104,31 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
             throw fail("expected DIRECTION PROTOCOL ENDPOINT [KEY=VALUE...], e.g. out tcp 10.0.0.5:80 uid=1000")
         }
         guard let direction = keyword(words[0], [("out", Direction.out), ("in", .in)]) else {
-            throw fail("direction \(quote(words[0])): expected out or in")
+            throw fail("direction \(quoted(String(words[0]))): expected out or in")
         }
         guard let proto = keyword(words[1], [("tcp", L4Protocol.tcp), ("udp", .udp)]) else {
-            throw fail("protocol \(quote(words[1])): expected tcp or udp")
+            throw fail("protocol \(quoted(String(words[1]))): expected tcp or udp")
         }
         let endpoint = words[2]
         guard let colon = endpoint.utf8.lastIndex(of: UInt8(ascii: ":")),
             let port = Port(parsing: endpoint[endpoint.utf8.index(after: colon)...])
         else {
-            throw fail("endpoint \(quote(endpoint)): expected ADDR:PORT, [IPV6]:PORT or :PORT with a port 1-65535")
+            throw fail(
+                "endpoint \(quoted(String(endpoint))): expected ADDR:PORT, [IPV6]:PORT or :PORT with a port 1-65535")
         }
         var host = endpoint[..<colon]
         var destination: IPAddress?
         if host.utf8.first == UInt8(ascii: "[") && host.utf8.last == UInt8(ascii: "]") {
             host = host.dropFirst().dropLast()
             guard let address = IPAddress(host), address.family == .ipv6 else {
-                throw fail("endpoint \(quote(endpoint)): \(quote(host)) is not an IPv6 address")
+                throw fail("endpoint \(quoted(String(endpoint))): \(quoted(String(host))) is not an IPv6 address")
             }
             destination = address
         } else if !host.isEmpty {
             guard let address = IPAddress(host), address.family == .ipv4 else {
                 throw fail(
-                    "endpoint \(quote(endpoint)): \(quote(host)) is not an IPv4 address (write IPv6 as [ADDR]:PORT)")
+                    "endpoint \(quoted(String(endpoint))): \(quoted(String(host))) is not an IPv4 address (write IPv6 as [ADDR]:PORT)"
+                )
             }
             destination = address
         }
@@ -134,13 +136,13 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         var given = [Substring?](repeating: nil, count: Key.allCases.count)
         for word in words.dropFirst(3) {
             guard let eq = word.utf8.firstIndex(of: UInt8(ascii: "=")) else {
-                throw fail("\(quote(word)): expected KEY=VALUE (uid, gid, iface, src, sport, mark, family)")
+                throw fail("\(quoted(String(word))): expected KEY=VALUE (uid, gid, iface, src, sport, mark, family)")
             }
             let name = word[..<eq]
             guard let key = keyword(name, Key.choices) else {
-                throw fail("unknown key \(quote(name)) (expected uid, gid, iface, src, sport, mark, family)")
+                throw fail("unknown key \(quoted(String(name))) (expected uid, gid, iface, src, sport, mark, family)")
             }
-            guard given[key.rawValue] == nil else { throw fail("key \(quote(name)) given twice") }
+            guard given[key.rawValue] == nil else { throw fail("key \(quoted(String(name))) given twice") }
             given[key.rawValue] = word[word.utf8.index(after: eq)...]
         }
         let values = Values(given: given)
@@ -149,7 +151,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         if let text = values[.family] {
             guard destination == nil else { throw fail("family= goes with :PORT only (the address has a family)") }
             guard let given = Family(rawValue: String(text)) else {
-                throw fail("family \(quote(text)): expected ipv4 or ipv6")
+                throw fail("family \(quoted(String(text))): expected ipv4 or ipv6")
             }
             family = given
         }
@@ -167,14 +169,14 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
             uid =
                 try values[.uid].map { text throws(PacketError) in
                     guard let id = NumericID(parsing: text) else {
-                        throw fail("uid \(quote(text)): expected 0-4294967294")
+                        throw fail("uid \(quoted(String(text))): expected 0-4294967294")
                     }
                     return id
                 } ?? NumericID(0)!
             gid =
                 try values[.gid].map { text throws(PacketError) in
                     guard let id = NumericID(parsing: text) else {
-                        throw fail("gid \(quote(text)): expected 0-4294967294")
+                        throw fail("gid \(quoted(String(text))): expected 0-4294967294")
                     }
                     return id
                 } ?? uid
@@ -184,7 +186,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         var interface = direction == .out && loopback ? InterfaceName.loopback : defaultInterface
         if let text = values[.iface] {
             guard let name = InterfaceName(text), text.utf8.last != UInt8(ascii: "+") else {
-                throw fail("iface \(quote(text)): not an interface name (1-15 letters, digits, _ . - @)")
+                throw fail("iface \(quoted(String(text))): not an interface name (1-15 letters, digits, _ . - @)")
             }
             interface = name
         }
@@ -197,8 +199,10 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
         var source: IPAddress?
         if let text = values[.src] {
-            guard let address = IPAddress(text) else { throw fail("src \(quote(text)): not an IP address") }
-            guard address.family == family else { throw fail("src \(quote(text)): not an \(family.rawValue) address") }
+            guard let address = IPAddress(text) else { throw fail("src \(quoted(String(text))): not an IP address") }
+            guard address.family == family else {
+                throw fail("src \(quoted(String(text))): not an \(family.rawValue) address")
+            }
             source = address
         } else if direction == .out && interface == .loopback, let destination {
             source =
@@ -207,12 +211,16 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         }
         var sourcePort: Port?
         if let text = values[.sport] {
-            guard let port = Port(parsing: text) else { throw fail("sport \(quote(text)): expected a port 1-65535") }
+            guard let port = Port(parsing: text) else {
+                throw fail("sport \(quoted(String(text))): expected a port 1-65535")
+            }
             sourcePort = port
         }
         var mark = Mark(0)
         if let text = values[.mark] {
-            guard let value = Mark(parsing: text) else { throw fail("mark \(quote(text)): expected 0-4294967295") }
+            guard let value = Mark(parsing: text) else {
+                throw fail("mark \(quoted(String(text))): expected 0-4294967295")
+            }
             mark = value
         }
         return Packet(
@@ -286,25 +294,5 @@ public struct PacketError: Error, Sendable, Hashable, CustomStringConvertible {
     public var text: String
     public var reason: String
 
-    public var description: String { "invalid packet \(quote(text[...])): \(reason)" }
-}
-
-/// `"text"` with quotes and control characters escaped, for one-line messages.
-func quote(_ text: Substring) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        default:
-            if scalar.value < 0x20 || scalar.value == 0x7f || scalar.properties.generalCategory == .lineSeparator
-                || scalar.properties.generalCategory == .paragraphSeparator
-            {
-                out += "\\u{" + String(scalar.value, radix: 16) + "}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
+    public var description: String { "invalid packet \(quoted(text)): \(reason)" }
 }

@@ -537,7 +537,7 @@ def run_config(topo, binary, backend, flags, env, facts, r, live, stats):
     if len(explained) != len(packets):
         raise Failure("explain answered %d of %d packets" % (len(explained), len(packets)))
     chosen, covered = choose(explained, r)
-    planned = json.loads(sh([binary, "plan", "--format", "json"] + flags + extra, env=environment).stdout)
+    planned = json.loads(sh(pod + [binary, "plan", "--format", "json"] + flags + extra, env=environment).stdout)
     rules = {(op["table"], op["chain"], "add rule inet istio-proxy-%s %s %s" % (
         op["table"], op["chain"].lower().replace("_", "-"), op["nft"])) for op in planned["operations"]}
     stats["rules"] += len(rules)
@@ -591,21 +591,23 @@ SEED = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
         "15090,15021,15020", "--ipv6=on"]
 
 
-def cli_checks(binary):
-    """The command line's contract: bad input is exit 64 with one line naming it."""
+def cli_checks(topo, binary):
+    """The command line's contract: bad input is exit 64 with one line naming it. Run in the
+    pod namespace, like every other run of the binary here (these change nothing)."""
     problems = []
+    pod = ["ip", "netns", "exec", topo.pod]
     for args, fragment in (([], "explain needs a packet"),
                            (["out tcp 1.2.3.4"], 'invalid packet "out tcp 1.2.3.4"'),
                            (["out tcp 1.2.3.4:80 uid=x"], 'uid "x"'),
                            (["-p", "0", "out tcp 1.2.3.4:80"], "-p/--envoy-port"),
                            (["--format", "yaml", "out tcp 1.2.3.4:80"], "yaml"),
                            (["--bogus", "out tcp 1.2.3.4:80"], "--bogus")):
-        p = sh([binary, "explain"] + args, check=False, stdin="")
+        p = sh(pod + [binary, "explain"] + args, check=False, stdin="")
         lines = p.stderr.strip().splitlines()
         if p.returncode != 64 or len(lines) != 1 or fragment not in lines[0] or p.stdout:
             problems.append("explain %s: exit %d, stderr %r, stdout %r (expected 64 and one line with %r)" % (
                 args, p.returncode, p.stderr, p.stdout[:200], fragment))
-    p = sh([binary, "explain"] + SEED + ["out tcp 10.0.0.5:80 uid=1000", "-"], stdin="in tcp :8080\n# a comment\n\n")
+    p = sh(pod + [binary, "explain"] + SEED + ["out tcp 10.0.0.5:80 uid=1000", "-"], stdin="in tcp :8080\n# a comment\n\n")
     if p.stdout.count("verdict: captured") != 2:
         problems.append("explain with a packet and two from stdin: %r" % p.stdout)
     # The CNI plugin's view: a conflist, an annotation named as the source of its rule.
@@ -613,13 +615,13 @@ def cli_checks(binary):
         f.write('{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"meshinit",'
                 '"istio-service-exclude-cidr":"10.96.0.1/32"}]}')
         f.flush()
-        p = sh([binary, "explain", "--cni-config", f.name, "--annotation", "sidecar.istio.io/status={}",
+        p = sh(pod + [binary, "explain", "--cni-config", f.name, "--annotation", "sidecar.istio.io/status={}",
                 "--annotation", "traffic.sidecar.istio.io/excludeOutboundPorts=6379", "out tcp 10.1.1.1:6379 uid=1000",
                 "out tcp 10.96.0.1:443 uid=1000"], check=False)
         if p.returncode != 0 or 'from annotation traffic.sidecar.istio.io/excludeOutboundPorts "6379"' not in p.stdout \
                 or 'from config key "istio-service-exclude-cidr" "10.96.0.1/32"' not in p.stdout:
             problems.append("explain --cni-config: exit %d %s %s" % (p.returncode, p.stdout[-600:], p.stderr))
-        p = sh([binary, "explain", "--cni-config", f.name, "--annotation",
+        p = sh(pod + [binary, "explain", "--cni-config", f.name, "--annotation",
                 "traffic.sidecar.istio.io/excludeOutboundPorts=x", "out tcp 10.1.1.1:80"], check=False)
         if p.returncode != 64 or "annotation traffic.sidecar.istio.io/excludeOutboundPorts" not in p.stderr:
             problems.append("explain --cni-config, bad annotation: exit %d %s" % (p.returncode, p.stderr))
@@ -717,7 +719,7 @@ def main():
                         for f in failures[:5]:
                             print("    " + f)
             sh(["ip", "netns", "exec", topo.pod, binary, "clean"], check=False)
-            checks = cli_checks(binary) + live_drift(topo, binary)
+            checks = cli_checks(topo, binary) + live_drift(topo, binary)
             for problem in checks:
                 print("FAIL " + problem)
             stats["problems"] = len(checks)

@@ -95,9 +95,12 @@ func tokenize(_ line: String) -> [String] {
 }
 
 /// The spec of a planned rule exactly as `iptables-save` prints it back (iptables 1.8, legacy
-/// and nft variants): `-s -d -i -o -p` first, the implicit `-m tcp/udp` spelled out, marks in
-/// hex, targets with the defaults the kernel reports. Used to decide "already installed" and
-/// for `verify`; proven against the kernel by the real-kernel tests.
+/// and nft variants): `-s -d -i -o -p` first, an address match of prefix 0 (`-d 0.0.0.0/0`,
+/// `-d ::/0`: it matches everything) left out, networks masked, IPv6 as glibc's
+/// `inet_ntop` writes it (`::10.0.0.1` for an IPv4-compatible address), the implicit
+/// `-m tcp/udp` spelled out, marks in hex, targets with the defaults the kernel reports. Used
+/// to decide "already installed" and for `verify`; proven against the kernel, for every rule
+/// shape the planner makes, by the real-kernel tests (`KernelCanonicalTests`).
 public enum SaveCanonical {
     /// The specs `iptables-save` prints for `rule` (several for a list; see `Rule.expanded`).
     public static func specs(_ rule: Rule) -> [String] { rule.expanded.map(spec) }
@@ -115,8 +118,10 @@ public enum SaveCanonical {
             switch match {
             case .inInterface(let name): inIf = ["-i", name.name]
             case .outInterface(let name): outIf = ["-o", name.name]
-            case .source(let cidr, let negated): src = not(negated) + ["-s", networkText(cidr)]
-            case .destination(let cidr, let negated): dst = not(negated) + ["-d", networkText(cidr)]
+            case .source(let cidr, let negated):
+                if negated || cidr.prefixLength > 0 { src = not(negated) + ["-s", networkText(cidr)] }
+            case .destination(let cidr, let negated):
+                if negated || cidr.prefixLength > 0 { dst = not(negated) + ["-d", networkText(cidr)] }
             case .destinations(let list): dst = ["-d", list.map(networkText).joined(separator: ",")]  // expand first
             case .l4proto(let p, let scope): if scope == .all { proto = p }
             case .destinationPorts(let p, let ranges, let negated):
@@ -172,7 +177,17 @@ public enum SaveCanonical {
         }
     }
 
-    static func networkText(_ cidr: CIDR) -> String { "\(cidr.network)/\(cidr.prefixLength)" }
+    static func networkText(_ cidr: CIDR) -> String { "\(addressText(cidr.network))/\(cidr.prefixLength)" }
+
+    /// An address as iptables-save prints it (glibc's `inet_ntop`): like RFC 5952, except
+    /// that an IPv6 address whose first 96 bits are zero and whose next group is not (an
+    /// IPv4-compatible address) ends in dotted quad, `::10.0.0.1`, as `::ffff:10.0.0.1` does.
+    static func addressText(_ address: IPAddress) -> String {
+        guard address.family == .ipv6, address.high == 0, address.low >> 32 == 0, address.low >> 16 != 0 else {
+            return address.description
+        }
+        return "::" + IPAddress(ipv4: UInt32(truncatingIfNeeded: address.low)).description
+    }
 
     static func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
 }

@@ -193,6 +193,24 @@ public enum Kernel {
         return false
     }
 
+    /// For a test's `.enabled(if:)` trait: whether a kernel test with these tools (besides
+    /// root, `ip` and `nft`) is to run. Outside CI it is skipped — reported as skipped, never
+    /// counted as passed — when they are missing; under `CI=true` it always runs, and its
+    /// `need(tools:)` fails it.
+    public static func mayRun(tools: [String] = []) -> Bool {
+        underCI || (available && tools.allSatisfy(hasTool))
+    }
+
+    /// The first line of a kernel test whose suite or test has `.enabled(if: mayRun(tools:))`:
+    /// throws `Unavailable` (the test fails) when a prerequisite is missing.
+    public static func need(tools: [String] = []) throws {
+        var missing = tools.filter { !hasTool($0) }
+        if !available { missing.insert("root, ip and nft", at: 0) }
+        if !missing.isEmpty {
+            throw Unavailable(description: "real-kernel test needs \(missing.joined(separator: ", "))")
+        }
+    }
+
     /// Whether `tool` is in one of the system binary directories.
     public static func hasTool(_ tool: String) -> Bool {
         ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].contains {

@@ -24,6 +24,8 @@ public struct RunOptions: Sendable, Hashable {
     public var logAsJSON = false
     public var ipv6Choice: IPv6Choice = .auto
     public var resolvConfPath = "/etc/resolv.conf"
+    /// `--child-timeout`: how long one iptables-save/-restore may run, in milliseconds.
+    public var childTimeoutMilliseconds: Int64 = 30_000
 
     public init() {}
 }

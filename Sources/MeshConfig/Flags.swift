@@ -16,7 +16,7 @@ public enum IstioFlag: Sendable, Hashable, CaseIterable {
     case dropInvalid, dualStack, captureAllDNS, networkNamespace, cniMode, reconcile, cleanupOnly
     case forceApply, nativeNftables, forceIptablesBinary, logOutputLevel, logAsJSON
     // meshinit's own
-    case ipv6, resolvConf
+    case ipv6, resolvConf, childTimeout
 }
 
 /// Everything about one flag.
@@ -165,6 +165,11 @@ extension IstioFlag {
         FlagSpec(
             .resolvConf, nil, "resolv-conf", .text("path"), default: "/etc/resolv.conf", own: true,
             "resolv.conf to read DNS servers from (for --redirect-dns)."),
+        FlagSpec(
+            .childTimeout, nil, "child-timeout", env: "MESHINIT_CHILD_TIMEOUT", .text("duration"), default: "30s",
+            own: true,
+            "Deadline of each iptables-save/-restore run (Go duration); past it the child is killed, what it may have committed rolled back, exit 124."
+        ),
     ]
 
     private static let byFlag: [IstioFlag: FlagSpec] = Dictionary(

@@ -211,6 +211,11 @@ public struct ConfigResolver {
         let (resolvPath, resolvSource) = input.text(.resolvConf)
         guard !resolvPath.isEmpty else { throw ConfigError(resolvSource, resolvPath, "expected a file path") }
         r.resolvConfPath = resolvPath
+        let (childText, childSource) = input.text(.childTimeout)
+        guard let childTimeout = parseGoDuration(childText), childTimeout > 0, childTimeout <= 3_600_000 else {
+            throw ConfigError(childSource, childText, "expected a duration from 1ms to 1h such as 30s or 500ms")
+        }
+        r.childTimeoutMilliseconds = childTimeout
 
         // Environment-only knobs.
         let loopback = input.knob(.ipv4LoopbackCIDR)

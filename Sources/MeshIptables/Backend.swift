@@ -11,20 +11,22 @@ public struct IptablesError: Error, Sendable, Hashable, CustomStringConvertible 
         case permission
         /// The xtables lock stayed busy for the whole wait (exit 75).
         case lockBusy
+        /// A child (named) did not finish within its deadline and was killed (exit 124).
+        case timedOut
         /// Anything else (exit 1).
         case failed
     }
 
     public var kind: Kind
     public var message: String
-    /// A restore that failed the way a concurrent writer makes it fail (a rule or chain that
-    /// our dump saw is gone, or one it did not see is there): worth one retry from a fresh dump.
-    public var concurrentChange: Bool
+    /// The payload line the restore reported as failed (`line N failed`), if it said.
+    /// Tables whose `COMMIT` comes before it were committed; the others were not.
+    public var failedLine: Int?
 
-    public init(kind: Kind, message: String, concurrentChange: Bool = false) {
+    public init(kind: Kind, message: String, failedLine: Int? = nil) {
         self.kind = kind
         self.message = message
-        self.concurrentChange = concurrentChange
+        self.failedLine = failedLine
     }
 
     public var description: String { message }
@@ -45,7 +47,8 @@ public struct IptablesTools: Sendable, Hashable {
 public struct IptablesBackend {
     public var runner: any CommandRunner
     public var forced: IptablesVariant?
-    /// Seconds to wait for the xtables lock (legacy only).
+    /// Seconds to wait for the xtables lock (legacy only); kept 5 s under the child deadline
+    /// (see `init`), so that a busy lock is reported as such, not as a hung child.
     public var lockWait: Int
     public var log: (String) -> Void
     /// Reads /proc/net/ip{,6}_tables_names; injectable for tests.
@@ -54,8 +57,10 @@ public struct IptablesBackend {
     /// holds none, there is nothing to save: a fresh namespace costs one restore per family.
     public var hasTables: (IptablesTools.Variant, Family) -> Bool?
 
+    /// `lockWait` is lowered to `childTimeoutMilliseconds` minus 5 s (at least 1 s) when
+    /// that is shorter: the default 30 s child deadline gives a 25 s xtables lock wait.
     public init(
-        runner: any CommandRunner, forced: IptablesVariant?, lockWait: Int = 30,
+        runner: any CommandRunner, forced: IptablesVariant?, lockWait: Int = 30, childTimeoutMilliseconds: Int64? = nil,
         legacyTablesLoaded: @escaping (Family) -> Bool,
         hasTables: @escaping (IptablesTools.Variant, Family) -> Bool? = { _, _ in nil },
         log: @escaping (String) -> Void
@@ -63,7 +68,7 @@ public struct IptablesBackend {
         self.hasTables = hasTables
         self.runner = runner
         self.forced = forced
-        self.lockWait = lockWait
+        self.lockWait = childTimeoutMilliseconds.map { min(lockWait, max(1, Int(($0 - 5000) / 1000))) } ?? lockWait
         self.legacyTablesLoaded = legacyTablesLoaded
         self.log = log
     }
@@ -102,55 +107,102 @@ public struct IptablesBackend {
     }
 
     /// Makes the live state equal to the plan. Returns what changed (empty: nothing to do).
-    /// If the IPv6 restore fails after IPv4 was changed, IPv4 is put back as it was. A restore
-    /// that fails because the rules changed between our dump and our write is retried once,
-    /// from a fresh dump.
+    ///
+    /// iptables-restore commits table by table, so a restore that fails may have committed
+    /// the tables before the failing one. On any failure every table a restore may have
+    /// committed is put back as it was before (from the first dump), in this family and in
+    /// the families already changed. A restore is retried once, from a fresh dump, only if
+    /// that dump shows the rules it was built from changed meanwhile (a concurrent writer);
+    /// any other failure is reported as it is.
     public func apply(_ plan: Plan) throws(IptablesError) -> [String] {
-        var done: [(tools: IptablesTools, before: [SavedTable], changed: [String])] = []
+        var done: [(tools: IptablesTools, before: [SavedTable], changed: Set<String>)] = []
         var summary: [String] = []
         for family in plan.families {
-            let tools = try tools(for: family)
-            log("\(family.rawValue): using \(tools.restore) (\(tools.variant.rawValue))")
-            var live: [SavedTable] = []
-            var changes: [TableChange] = []
+            var current: (tools: IptablesTools, before: [SavedTable])?
+            var committed: Set<String> = []
             do {
+                let tools = try tools(for: family)
+                log("\(family.rawValue): using \(tools.restore) (\(tools.variant.rawValue))")
                 // Nothing of this variant in the kernel yet: the live state is known to be empty.
-                live = hasTables(tools.variant, family) == false ? [] : try save(tools)
-                changes = reconcile(live: live, desired: plan.operations(for: family))
-                try retryingOnce(tools, family) { () throws(IptablesError) in
-                    if changes.isEmpty { return }
-                    try restore(tools, payload: changes.map(\.block).joined(), noflush: true)
-                } refresh: { () throws(IptablesError) in
-                    live = try save(tools)
-                    changes = reconcile(live: live, desired: plan.operations(for: family))
+                let before = hasTables(tools.variant, family) == false ? [] : try save(tools)
+                current = (tools, before)
+                let desired = plan.operations(for: family)
+                let changes = try restoreRetryingOnce(
+                    tools, family, from: before, changes: { reconcile(live: $0, desired: desired) },
+                    committed: &committed)
+                if changes.isEmpty {
+                    log("\(family.rawValue): rules already installed, nothing to do")
+                    continue
                 }
+                done.append((tools, before, committed))
+                for change in changes { summary.append("\(family.rawValue) \(change.summary)") }
             } catch {
+                if let current, !committed.isEmpty { rollback(current.tools, current.before, tables: committed) }
                 for previous in done.reversed() { rollback(previous.tools, previous.before, tables: previous.changed) }
                 throw error
             }
-            if changes.isEmpty {
-                log("\(family.rawValue): rules already installed, nothing to do")
-                continue
-            }
-            done.append((tools, live, changes.map(\.table)))
-            for change in changes { summary.append("\(family.rawValue) \(change.summary)") }
         }
         return summary
     }
 
-    /// Runs `body`; if it fails because of a concurrent change, runs `refresh` (a fresh dump
-    /// and diff) and `body` once more.
-    func retryingOnce(
-        _ tools: IptablesTools, _ family: Family, _ body: () throws(IptablesError) -> Void,
-        refresh: () throws(IptablesError) -> Void
-    ) throws(IptablesError) {
-        do {
-            try body()
-        } catch  where error.concurrentChange {
-            log("\(family.rawValue): \(error.message); the rules changed under us, retrying once from a fresh dump")
-            try refresh()
-            try body()
+    /// Restores `changes(dump)` from `dump`; if that fails and a fresh dump shows that the
+    /// tables the restore did not commit changed since `dump` (someone else wrote), once more
+    /// from the fresh dump. Returns the changes of the restore that succeeded (empty: there
+    /// was nothing to do). `committed` gets every table a restore may have committed, also
+    /// when it throws.
+    func restoreRetryingOnce(
+        _ tools: IptablesTools, _ family: Family, from dump: [SavedTable],
+        changes: ([SavedTable]) -> [TableChange], committed: inout Set<String>
+    ) throws(IptablesError) -> [TableChange] {
+        var live = dump
+        var retried = false
+        while true {
+            let changes = changes(live)
+            if changes.isEmpty { return [] }
+            do {
+                try restore(tools, payload: changes.map(\.block).joined(), noflush: true)
+                committed.formUnion(changes.map(\.table))
+                return changes
+            } catch {
+                let (done, pending) = Self.commitState(changes, failedLine: error.failedLine)
+                committed.formUnion(done)
+                guard !retried, error.kind == .failed || error.kind == .unavailable else { throw error }
+                let fresh = try save(tools)
+                guard Self.changedSince(live, fresh, tables: pending) else { throw error }
+                log(
+                    "\(family.rawValue): \(error.message); the rules changed since our dump, retrying once from a fresh dump"
+                )
+                live = fresh
+                retried = true
+            }
         }
+    }
+
+    /// Which tables of a failed restore were committed, and which were not (the failing one
+    /// and those after it). Without a failing line (killed, crashed, or a message without
+    /// one) any of them may have been committed: all count as both.
+    static func commitState(_ changes: [TableChange], failedLine: Int?) -> (committed: [String], pending: [String]) {
+        guard let failedLine else { return (changes.map(\.table), changes.map(\.table)) }
+        var committed: [String] = []
+        var pending: [String] = []
+        var lastLine = 0
+        for change in changes {
+            lastLine += change.block.utf8.reduce(0) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+            if lastLine < failedLine { committed.append(change.table) } else { pending.append(change.table) }
+        }
+        return (committed, pending)
+    }
+
+    /// Whether any of `tables` holds other chains or rules in `after` than in `before`
+    /// (counters and policies aside; an absent table and one with only empty built-in
+    /// chains are the same: iptables-nft creates and keeps tables on its own).
+    static func changedSince(_ before: [SavedTable], _ after: [SavedTable], tables: [String]) -> Bool {
+        func content(_ dump: [SavedTable], _ name: String) -> [String] {
+            guard let table = dump.first(where: { $0.name == name }) else { return [] }
+            return table.chains.filter { !Ownership.builtinChains.contains($0) }.map { ":" + $0 }
+                + table.rules.map { "-A \($0.chain) \($0.spec)" }
+        }
+        return tables.contains { content(before, $0) != content(after, $0) }
     }
 
     /// One family and variant's part of a cleanup: the restore that removes ours.
@@ -158,6 +210,8 @@ public struct IptablesBackend {
         public var family: Family
         public var tools: IptablesTools
         public var changes: [TableChange]
+        /// The dump `changes` were computed from.
+        public var live: [SavedTable]
 
         /// The `--noflush` restore payload.
         public var payload: String { changes.map(\.block).joined() }
@@ -170,8 +224,11 @@ public struct IptablesBackend {
         for family in families {
             // A variant with no table here holds nothing of ours: no dump needed.
             for tools in cleanupTools(for: family) where hasTables(tools.variant, family) != false {
-                let changes = reconcile(live: try save(tools), desired: [])
-                if !changes.isEmpty { steps.append(CleanupStep(family: family, tools: tools, changes: changes)) }
+                let live = try save(tools)
+                let changes = reconcile(live: live, desired: [])
+                if !changes.isEmpty {
+                    steps.append(CleanupStep(family: family, tools: tools, changes: changes, live: live))
+                }
             }
         }
         return steps
@@ -182,13 +239,14 @@ public struct IptablesBackend {
     public func clean(_ steps: [CleanupStep]) throws(IptablesError) -> [String] {
         var summary: [String] = []
         for step in steps {
-            var changes = step.changes
-            try retryingOnce(step.tools, step.family) { () throws(IptablesError) in
-                if changes.isEmpty { return }
-                try restore(step.tools, payload: changes.map(\.block).joined(), noflush: true)
-            } refresh: { () throws(IptablesError) in
-                changes = reconcile(live: try save(step.tools), desired: [])
-            }
+            var committed: Set<String> = []
+            var first = true
+            let changes = try restoreRetryingOnce(
+                step.tools, step.family, from: step.live,
+                changes: { live in
+                    defer { first = false }
+                    return first ? step.changes : reconcile(live: live, desired: [])
+                }, committed: &committed)
             for change in changes {
                 summary.append("\(step.family.rawValue) \(step.tools.variant.rawValue) \(change.summary)")
             }
@@ -233,6 +291,14 @@ public struct IptablesBackend {
     func save(_ tools: IptablesTools) throws(IptablesError) -> [SavedTable] {
         let result = try run(tools.save, [], stdin: "")
         guard result.status == 0 else { throw classify(tools.save, result, payload: "") }
+        guard result.stdoutDropped == 0 else {
+            let name = tools.save.split(separator: "/").last.map(String.init) ?? tools.save
+            throw IptablesError(
+                kind: .failed,
+                message:
+                    "\(name) printed more than \(result.stdout.utf8.count >> 20) MiB of rules: refusing to act on a partial dump"
+            )
+        }
         return parseSave(result.stdout)
     }
 
@@ -246,9 +312,9 @@ public struct IptablesBackend {
 
     /// Puts the tables we changed back exactly as they were: tables that existed are restored
     /// whole from the earlier dump; tables that did not are emptied of ours.
-    func rollback(_ tools: IptablesTools, _ before: [SavedTable], tables: [String]) {
+    func rollback(_ tools: IptablesTools, _ before: [SavedTable], tables: Set<String>) {
         let existed = before.filter { tables.contains($0.name) }
-        let created = tables.filter { name in !before.contains { $0.name == name } }
+        let created = tables.sorted().filter { name in !before.contains { $0.name == name } }
         do {
             if !existed.isEmpty {
                 try restore(tools, payload: existed.map(\.block).joined(), noflush: false)
@@ -258,7 +324,7 @@ public struct IptablesBackend {
                 let payload = reconcile(live: now, desired: []).map(\.block).joined()
                 if !payload.isEmpty { try restore(tools, payload: payload, noflush: true) }
             }
-            log("rolled back \(tables.joined(separator: ", ")) with \(tools.restore)")
+            log("rolled back \(tables.sorted().joined(separator: ", ")) with \(tools.restore)")
         } catch {
             log("rollback with \(tools.restore) failed: \(error)")
         }
@@ -268,6 +334,11 @@ public struct IptablesBackend {
         do {
             return try runner.run(path, args, stdin: stdin)
         } catch {
+            if case .timedOut = error {
+                throw IptablesError(
+                    kind: .timedOut,
+                    message: "\(error.description) (--child-timeout / MESHINIT_CHILD_TIMEOUT, if it is only slow)")
+            }
             throw IptablesError(kind: .unavailable, message: error.description)
         }
     }
@@ -278,45 +349,31 @@ public struct IptablesBackend {
         let stderr = result.stderr
         let firstLine =
             stderr.split(separator: "\n").first { !$0.isEmpty }.map(String.init) ?? "exit status \(result.status)"
+        let lineNumber = failedLine(stderr)
         if stderr.contains("xtables lock") || stderr.contains("holding the xtables lock") {
-            return IptablesError(kind: .lockBusy, message: "\(name): xtables lock still busy after \(lockWait)s")
+            return IptablesError(
+                kind: .lockBusy, message: "\(name): xtables lock still busy after \(lockWait)s", failedLine: lineNumber)
         }
         if stderr.contains("Permission denied") || stderr.contains("must be root")
             || stderr.contains("Operation not permitted")
         {
             return IptablesError(
-                kind: .permission, message: "\(name): not permitted (CAP_NET_ADMIN is needed): \(firstLine)")
+                kind: .permission, message: "\(name): not permitted (CAP_NET_ADMIN is needed): \(firstLine)",
+                failedLine: lineNumber)
         }
         if let module = missingModule(stderr) {
             return IptablesError(
-                kind: .unavailable, message: "\(name): kernel support missing (\(module)): \(firstLine)")
+                kind: .unavailable, message: "\(name): kernel support missing (\(module)): \(firstLine)",
+                failedLine: lineNumber)
         }
         var message = "\(name) failed: \(firstLine)"
-        var failing: Substring?
-        if let lineNumber = failedLine(stderr) {
+        if let lineNumber {
             let lines = payload.split(separator: "\n", omittingEmptySubsequences: false)
             if lineNumber >= 1 && lineNumber <= lines.count {
-                failing = lines[lineNumber - 1]
                 message += " — line \(lineNumber): \(lines[lineNumber - 1])"
             }
         }
-        return IptablesError(
-            kind: .failed, message: message, concurrentChange: Self.isConcurrentChange(stderr, failingLine: failing))
-    }
-
-    /// Whether a failed restore looks like the rules changed since our dump: deleting a rule
-    /// or chain that is gone, or one still referenced, creating one that appeared, or the
-    /// kernel's "ruleset changed" answer to iptables-nft.
-    static func isConcurrentChange(_ stderr: String, failingLine: Substring?) -> Bool {
-        if let line = failingLine, line.hasPrefix("-D ") || line.hasPrefix("-X ") || line.hasPrefix("-N ") {
-            return true
-        }
-        let symptoms = [
-            "Bad rule (does a matching rule exist", "No chain/target/match by that name", "Chain already exists",
-            "does not exist", "Resource temporarily unavailable", "Device or resource busy", "Too many links",
-            "Directory not empty",
-        ]
-        return symptoms.contains { stderr.contains($0) }
+        return IptablesError(kind: .failed, message: message, failedLine: lineNumber)
     }
 
     func failedLine(_ stderr: String) -> Int? {

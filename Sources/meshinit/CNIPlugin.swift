@@ -221,7 +221,7 @@ enum CNIPlugin {
             case .usage: .invalidConfig
             case .permission: .permission
             case .unavailable: .unavailable
-            case .temporary: .tryAgainLater
+            case .temporary, .childTimeout: .tryAgainLater
             case .drift: .drift
             case .ok, .failure, .validation: .installFailed
             }

@@ -71,13 +71,18 @@ struct Context {
     }
 
     /// Runs iptables tools with this process's environment (in the C locale).
-    var runner: SpawnRunner { SpawnRunner(path: environment.path, environment: ProcessEnvironment.entries) }
+    var runner: SpawnRunner {
+        SpawnRunner(
+            path: environment.path, environment: ProcessEnvironment.entries,
+            timeoutMilliseconds: settings.run.childTimeoutMilliseconds)
+    }
 
     var iptables: IptablesBackend {
         let log = self.log
         let sockets = self.sockets
         return IptablesBackend(
             runner: runner, forced: settings.run.forceIptablesVariant, lockWait: lockWaitSeconds,
+            childTimeoutMilliseconds: settings.run.childTimeoutMilliseconds,
             legacyTablesLoaded: legacyTablesLoaded,
             hasTables: { variant, family in
                 switch variant {

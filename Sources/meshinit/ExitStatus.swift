@@ -7,7 +7,8 @@ import MeshSystem
     import Glibc
 #endif
 
-/// sysexits-style exit codes (plus 126 for a failed validation probe and 3 for verify drift).
+/// sysexits-style exit codes (plus 126 for a failed validation probe, 3 for verify drift
+/// and 124, as timeout(1) exits, for a child killed at its deadline).
 enum ExitStatus: Int32 {
     case ok = 0
     case failure = 1
@@ -16,6 +17,7 @@ enum ExitStatus: Int32 {
     case unavailable = 69
     case temporary = 75
     case permission = 77
+    case childTimeout = 124
     case validation = 126
 }
 
@@ -37,6 +39,7 @@ func failure(_ error: IptablesError) -> CommandFailure {
         case .unavailable: .unavailable
         case .permission: .permission
         case .lockBusy: .temporary
+        case .timedOut: .childTimeout
         case .failed: .failure
         }
     return CommandFailure(status: status, message: error.message)

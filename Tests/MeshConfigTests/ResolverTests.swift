@@ -724,3 +724,27 @@ struct GoParserTests {
         #expect(quoted("a\u{85}b\u{2028}c") == "\"a\\u{85}b\\u{2028}c\"")
     }
 }
+
+@Suite("ConfigResolver: --child-timeout")
+struct ChildTimeoutTests {
+    /// The documented default (README, --help): 30 s per child process.
+    @Test("default 30s; MESHINIT_CHILD_TIMEOUT, then the flag, override it")
+    func values() throws {
+        #expect(try resolve().run.childTimeoutMilliseconds == 30_000)
+        #expect(IstioFlag.childTimeout.defaultValue == "30s")
+        #expect(IstioFlag.childTimeout.environment == "MESHINIT_CHILD_TIMEOUT")
+        #expect(try resolve(env: ["MESHINIT_CHILD_TIMEOUT": "2s"]).run.childTimeoutMilliseconds == 2000)
+        #expect(
+            try resolve([.childTimeout: "1500ms"], env: ["MESHINIT_CHILD_TIMEOUT": "2s"]).run.childTimeoutMilliseconds
+                == 1500)
+        #expect(try resolve([.childTimeout: "1m30s"]).run.childTimeoutMilliseconds == 90_000)
+    }
+
+    @Test(
+        "zero, negative, over an hour and non-durations are refused, naming the source",
+        arguments: ["0", "-1s", "2h", "30", "soon", ""])
+    func refused(_ text: String) {
+        expectBad([.childTimeout: text], names: "--child-timeout", value: text)
+        expectBad(env: ["MESHINIT_CHILD_TIMEOUT": text], names: "MESHINIT_CHILD_TIMEOUT", value: text)
+    }
+}

@@ -11,7 +11,11 @@ import Testing
 final class FakeRunner: CommandRunner, @unchecked Sendable {
     var binaries: Set<String>
     var dumps: [String: String] = [:]
-    var restoreResult: (String, [String], String) -> CommandResult = { _, _, _ in CommandResult(status: 0) }
+    var restoreResult: (String, [String], String) throws(CommandError) -> CommandResult = { _, _, _ in
+        CommandResult(status: 0)
+    }
+    /// What `*-save` answers, when set (a dump cut at the runner's limit, a failing save).
+    var saveResult: ((String) -> CommandResult)?
     var calls: [(path: String, args: [String], stdin: String)] = []
 
     init(binaries: Set<String>) { self.binaries = binaries }
@@ -21,8 +25,8 @@ final class FakeRunner: CommandRunner, @unchecked Sendable {
     func run(_ path: String, _ arguments: [String], stdin: String) throws(CommandError) -> CommandResult {
         calls.append((path, arguments, stdin))
         let name = String(path.split(separator: "/").last ?? "")
-        if name.hasSuffix("-save") { return CommandResult(status: 0, stdout: dumps[name] ?? "") }
-        return restoreResult(name, arguments, stdin)
+        if name.hasSuffix("-save") { return saveResult?(name) ?? CommandResult(status: 0, stdout: dumps[name] ?? "") }
+        return try restoreResult(name, arguments, stdin)
     }
 
     var restores: [(path: String, args: [String], stdin: String)] { calls.filter { $0.path.hasSuffix("-restore") } }
@@ -65,8 +69,13 @@ extension Array where Element: Hashable {
     }
 }
 
-func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded: Bool = false) -> IptablesBackend {
-    IptablesBackend(runner: runner, forced: forced, legacyTablesLoaded: { _ in legacyLoaded }, log: { _ in })
+func backend(
+    _ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded: Bool = false, childTimeout: Int64? = nil
+) -> IptablesBackend {
+    IptablesBackend(
+        runner: runner, forced: forced, childTimeoutMilliseconds: childTimeout,
+        legacyTablesLoaded: { _ in legacyLoaded },
+        log: { _ in })
 }
 
 @Suite struct DetectionTests {
@@ -164,39 +173,178 @@ func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded:
     }
 
     /// Another writer between our save and our restore: the restore fails on a `-D` of a rule
-    /// that is gone; one retry from a fresh dump.
+    /// that is gone; the fresh dump shows the change, so one retry from it.
     @Test func concurrentChangeIsRetriedOnceFromAFreshDump() throws {
         let plan = seedPlan(ipv6: false)
         let runner = FakeRunner(binaries: allBinaries)
         // Our jump twice (two installs raced before meshinit locked): reconcile deletes both.
-        runner.dumps["iptables-nft-save"] =
-            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n"
-            + "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
+        let head = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n"
+        runner.dumps["iptables-nft-save"] = head + "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
         var attempts = 0
         runner.restoreResult = { _, _, stdin in
             attempts += 1
+            guard attempts == 1 else { return CommandResult(status: 0) }
+            // The other writer removed one of the two jumps before our restore ran.
+            runner.dumps["iptables-nft-save"] = head + "-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
             let lines = stdin.split(separator: "\n")
             let line = (lines.firstIndex { $0.hasPrefix("-D ") } ?? 0) + 1
-            return attempts == 1
-                ? CommandResult(
-                    status: 1,
-                    stderr:
-                        "iptables-nft-restore: line \(line) failed: Bad rule (does a matching rule exist in that chain?).\n"
-                )
-                : CommandResult(status: 0)
+            return CommandResult(
+                status: 1,
+                stderr:
+                    "iptables-nft-restore: line \(line) failed: Bad rule (does a matching rule exist in that chain?).\n"
+            )
         }
         _ = try backend(runner).apply(plan)
         #expect(runner.restores.count == 2)
         #expect(runner.calls.filter { $0.path.hasSuffix("-save") }.count == 2, "the retry starts from a fresh dump")
+        #expect(runner.restores[0].stdin.components("-D OUTPUT -j ISTIO_OUTPUT") == 2)
+        // Built from the fresh dump: OUTPUT already holds exactly our one jump.
+        #expect(runner.restores[1].stdin.components("-D OUTPUT -j ISTIO_OUTPUT") == 0)
     }
 
     @Test func concurrentChangeTwiceIsAnError() {
         let runner = FakeRunner(binaries: allBinaries)
+        var generation = 0
         runner.restoreResult = { _, _, _ in
-            CommandResult(status: 1, stderr: "iptables-nft-restore: line 2 failed: Chain already exists.\n")
+            generation += 1
+            runner.dumps["iptables-nft-save"] =
+                "*nat\n:OUTPUT ACCEPT [0:0]\n:KUBE-\(generation) - [0:0]\n-A OUTPUT -j KUBE-\(generation)\nCOMMIT\n"
+            return CommandResult(status: 1, stderr: "iptables-nft-restore: line 2 failed: Chain already exists.\n")
         }
         #expect(throws: IptablesError.self) { try backend(runner).apply(seedPlan(ipv6: false)) }
+        #expect(runner.restores.filter { $0.args == ["--noflush"] }.count == 2)
+    }
+
+    /// A payload the kernel refuses with words a concurrent change also gives ("does not
+    /// exist", "No chain/target/match") is not retried when nothing changed: the real error
+    /// comes back at once, from the one restore.
+    @Test func payloadErrorsLookingConcurrentAreNotRetriedWhenNothingChanged() {
+        let plan = seedPlan(ipv6: false)
+        for stderr in [
+            "iptables-nft-restore: line 9 failed: Chain 'ISTIO_X' does not exist\n",
+            "iptables-nft-restore: line 9 failed: No chain/target/match by that name.\n",
+            "iptables-nft-restore: line 9 failed: Bad rule (does a matching rule exist in that chain?).\n",
+        ] {
+            let runner = FakeRunner(binaries: allBinaries)
+            runner.dumps["iptables-nft-save"] = "*nat\n:OUTPUT ACCEPT [5:300]\n-A OUTPUT -o eth9 -j ACCEPT\nCOMMIT\n"
+            var saves = 0
+            runner.saveResult = { _ in
+                saves += 1
+                // Counters move between dumps: that is not a change.
+                return CommandResult(
+                    status: 0, stdout: "*nat\n:OUTPUT ACCEPT [\(saves):300]\n-A OUTPUT -o eth9 -j ACCEPT\nCOMMIT\n")
+            }
+            runner.restoreResult = { _, args, _ in
+                args.isEmpty ? CommandResult(status: 0) : CommandResult(status: 1, stderr: stderr)
+            }
+            do {
+                _ = try backend(runner).apply(plan)
+                Issue.record("expected a failure for \(stderr)")
+            } catch {
+                #expect(error.message.contains("line 9"), "\(error.message)")
+            }
+            #expect(runner.restores.filter { $0.args == ["--noflush"] }.count == 1, "\(stderr)")
+        }
+    }
+
+    /// iptables-restore commits table by table: a failure in raw (after nat and mangle were
+    /// committed) must put nat and mangle back too, and the family already changed.
+    @Test func partialCommitOfAFamilyIsRolledBack() throws {
+        var c = CaptureConfig()
+        c.inboundPorts = .all(except: [])
+        c.outboundInclude = .all
+        c.interceptionMode = .tproxy
+        c.dns = .all
+        c.ipv6 = true
+        let plan = Planner.plan(c)
+        let runner = FakeRunner(binaries: allBinaries)
+        let natBefore = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -o eth9 -j ACCEPT\nCOMMIT\n"
+        runner.dumps["iptables-nft-save"] = natBefore
+        runner.dumps["ip6tables-nft-save"] = natBefore
+        // IPv6: its payload fails in its last table (raw), on the line the kernel names.
+        runner.restoreResult = { name, args, stdin in
+            guard name.hasPrefix("ip6tables"), !args.isEmpty else { return CommandResult(status: 0) }
+            let lines = stdin.split(separator: "\n", omittingEmptySubsequences: false)
+            let raw = lines.firstIndex(of: "*raw")! + 2
+            return CommandResult(status: 1, stderr: "ip6tables-restore: line \(raw) failed\n")
+        }
+        #expect(throws: IptablesError.self) { try backend(runner).apply(plan) }
+        let restores = runner.restores
+        let v6Payload = restores[1].stdin
+        #expect(v6Payload.contains("*mangle") && v6Payload.contains("*nat") && v6Payload.contains("*raw"))
+        // Rolled back: IPv6 nat from its dump (it existed), IPv6 mangle emptied of ours (it did
+        // not exist: a fresh dump, then a --noflush restore of what removes ours), then IPv4
+        // (all its tables). IPv6 raw was not committed: left alone.
+        let rollbacks = restores.dropFirst(2)
+        #expect(
+            rollbacks.contains {
+                $0.path.hasSuffix("ip6tables-nft-restore") && $0.args.isEmpty && $0.stdin == natBefore
+            })
+        #expect(
+            rollbacks.contains { $0.path.hasSuffix("iptables-nft-restore") && $0.args.isEmpty && $0.stdin == natBefore }
+        )
+        #expect(!rollbacks.contains { $0.path.hasSuffix("ip6tables-nft-restore") && $0.stdin.contains("*raw") })
+        #expect(rollbacks.first?.path.hasSuffix("ip6tables-nft-restore") == true, "the failing family first")
+    }
+
+    /// A child killed at its deadline may have committed any of its tables: all are put back.
+    @Test func timedOutRestoreRollsBackEveryTableOfItsPayload() {
+        let plan = seedPlan(ipv6: false)
+        let runner = FakeRunner(binaries: allBinaries)
+        let before = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        runner.dumps["iptables-nft-save"] = before
+        runner.restoreResult = { path, args, _ throws(CommandError) in
+            if args.isEmpty { return CommandResult(status: 0) }
+            throw .timedOut("/sbin/\(path)", milliseconds: 30_000)
+        }
+        do {
+            _ = try backend(runner).apply(plan)
+            Issue.record("expected a failure")
+        } catch {
+            #expect(error.kind == .timedOut)
+            #expect(error.message.contains("iptables-nft-restore did not finish within 30s: killed"))
+            #expect(error.message.contains("--child-timeout"))
+            #expect(!error.message.contains("\n"))
+        }
+        #expect(runner.restores.count == 2, "the killed restore, then the rollback; no retry")
+        #expect(runner.restores[1].args.isEmpty && runner.restores[1].stdin == before)
+    }
+
+    /// A family whose binary is missing after another family was changed: that one is put back.
+    @Test func missingIPv6BinaryRollsIPv4Back() {
+        let runner = FakeRunner(binaries: ["iptables-nft-save", "iptables-nft-restore"])
+        let before = "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        runner.dumps["iptables-nft-save"] = before
+        do {
+            _ = try backend(runner).apply(seedPlan())
+            Issue.record("expected a failure")
+        } catch {
+            #expect(error.kind == .unavailable)
+        }
         #expect(runner.restores.count == 2)
+        #expect(runner.restores[1].args.isEmpty && runner.restores[1].stdin == before)
+    }
+
+    /// A dump the runner had to cut is refused, never taken for the whole state.
+    @Test func cutDumpIsRefused() {
+        let runner = FakeRunner(binaries: allBinaries)
+        runner.saveResult = { _ in CommandResult(status: 0, stdout: "*nat\n", stdoutDropped: 5) }
+        do {
+            _ = try backend(runner).verify(seedPlan(ipv6: false))
+            Issue.record("expected a failure")
+        } catch {
+            #expect(error.message.contains("partial dump"), "\(error.message)")
+        }
+    }
+
+    @Test func xtablesLockWaitStaysUnderTheChildDeadline() throws {
+        for (timeout, wait) in [
+            (30_000, "--wait=25"), (10_000, "--wait=5"), (3_000, "--wait=1"), (120_000, "--wait=30"),
+        ] {
+            let runner = FakeRunner(binaries: allBinaries)
+            _ = try backend(runner, forced: .legacy, childTimeout: Int64(timeout)).apply(seedPlan(ipv6: false))
+            #expect(runner.restores.first?.args == ["--noflush", wait], "\(timeout)")
+        }
     }
 
     @Test func otherFailuresAreNotRetried() {
@@ -321,6 +469,16 @@ func backend(_ runner: FakeRunner, forced: IptablesVariant? = nil, legacyLoaded:
 }
 
 extension String {
+    func components(_ target: String) -> Int {
+        var count = 0
+        var rest = self[...]
+        while let range = rest.firstRange(of: target) {
+            count += 1
+            rest = rest[range.upperBound...]
+        }
+        return count
+    }
+
     func replacingOccurrences(of target: String, with replacement: String) -> String {
         var out = ""
         var rest = self[...]

@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(
             name: "MeshRenderTests",
             dependencies: [
-                "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel", "MeshTestKit",
+                "MeshRender", "MeshPlanner", "MeshConfig", "MeshModel", "MeshTestKit", "MeshIptables", "MeshNetlink",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             exclude: ["Goldens"]

@@ -14,7 +14,7 @@ import Testing
 /// The netlink socket is opened inside the namespace by path (`NetfilterSocket(networkNamespace:)`),
 /// so the test process itself never leaves the host namespace. Needs root, `ip` and `nft`
 /// (the oracle); skipped without them unless `CI=true`, where they fail.
-@Suite("Kernel: native nftables backend", .serialized)
+@Suite("Kernel: native nftables backend", .serialized, .enabled(if: Kernel.mayRun()))
 struct KernelTests {
     static func backend(_ ns: Kernel.Namespace) throws -> NftablesBackend {
         NftablesBackend(transport: try NetfilterSocket(networkNamespace: ns.path))

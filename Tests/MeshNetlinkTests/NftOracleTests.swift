@@ -12,7 +12,7 @@ import Testing
 /// (attributes byte for byte, message type and flags except `NLM_F_ACK`, which meshinit adds
 /// to every message); not compared: sequence numbers, and the table messages (nft sends
 /// `flush table`, meshinit `delete table` + `add table`). Needs root, ip, nft and strace.
-@Suite("Builder bytes equal nft's own", .serialized)
+@Suite("Builder bytes equal nft's own", .serialized, .enabled(if: Kernel.mayRun(tools: ["strace"])))
 struct NftOracleTests {
     @Test("conformance plans", arguments: Conformance.all)
     func conformance(_ c: ConformanceCase) throws {

@@ -54,6 +54,24 @@ public protocol SystemLookup {
     func loopbackHasIPv6() -> Bool
     /// A file's contents, or nil if it cannot be read.
     func readFile(_ path: String) -> String?
+    /// A file's contents, at most `limit` bytes.
+    func readFile(_ path: String, limit: Int) -> FileRead
+}
+
+/// What reading a bounded file gave.
+public enum FileRead: Sendable, Hashable {
+    case text(String)
+    case unreadable
+    /// More than the limit.
+    case tooLarge
+}
+
+extension SystemLookup {
+    /// From `readFile(_:)`: for lookups that hold their files in memory.
+    public func readFile(_ path: String, limit: Int) -> FileRead {
+        guard let text = readFile(path) else { return .unreadable }
+        return text.utf8.count > limit ? .tooLarge : .text(text)
+    }
 }
 
 /// Turns command-line flags and environment into typed `Settings`, once.
@@ -63,6 +81,9 @@ public struct ConfigResolver {
     public init(system: any SystemLookup) {
         self.system = system
     }
+
+    /// The most of a resolv.conf read (glibc's own are a few hundred bytes).
+    public static let resolvConfLimit = 1 << 20
 
     /// Just `--network-namespace` / `NETWORK_NAMESPACE`: it must be entered before anything
     /// else is resolved (IPv6 detection reads the interfaces of that namespace).
@@ -262,8 +283,14 @@ public struct ConfigResolver {
             if captureAllDNS {
                 c.dns = .all
             } else {
-                guard let text = system.readFile(resolvPath) else {
+                let text: String
+                switch system.readFile(resolvPath, limit: Self.resolvConfLimit) {
+                case .text(let contents): text = contents
+                case .unreadable:
                     throw ConfigError(resolvSource, resolvPath, "cannot read the file (needed for --redirect-dns)")
+                case .tooLarge:
+                    throw ConfigError(
+                        resolvSource, resolvPath, "larger than 1 MiB, not a resolv.conf (needed for --redirect-dns)")
                 }
                 let servers = try parseResolvConf(text, path: resolvPath)
                 if servers.ipv4.isEmpty && servers.ipv6.isEmpty {

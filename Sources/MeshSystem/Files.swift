@@ -7,8 +7,17 @@ import CMeshShims
 /// Files, for the CNI plugin (stdin, its log) and the node install (the binary and the
 /// primary `.conflist`): reads, atomic replacement, directory listing and watching.
 public enum Files {
-    /// Everything readable from a descriptor (stdin: until EOF).
-    public static func readAll(_ fd: Int32) throws(SystemCallError) -> [UInt8] {
+    /// What a read takes at most unless told otherwise (the largest file meshinit reads is
+    /// its own binary, for `cni install`: about 16 MB).
+    public static let defaultLimit = 64 << 20
+
+    /// Everything readable from a descriptor (stdin: until EOF), at most `limit` bytes: more
+    /// is an error (EFBIG, naming the limit), never a silently cut input.
+    public static func readAll(_ fd: Int32, limit: Int = defaultLimit) throws(SystemCallError) -> [UInt8] {
+        var info = stat()
+        if fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, Int(info.st_size) > limit {
+            throw tooLarge("read", limit: limit)
+        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -18,20 +27,34 @@ public enum Files {
                 throw SystemCallError("read", errno: errno)
             }
             if n == 0 { return bytes }
+            guard bytes.count + n <= limit else { throw tooLarge("read", limit: limit) }
             bytes.append(contentsOf: chunk[0..<n])
         }
     }
 
-    /// A file's bytes.
-    public static func read(_ path: String) throws(SystemCallError) -> [UInt8] {
+    /// A file's bytes, at most `limit` of them (more is an error, EFBIG).
+    public static func read(_ path: String, limit: Int = defaultLimit) throws(SystemCallError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SystemCallError("open \(path)", errno: errno) }
         defer { close(fd) }
         do {
-            return try readAll(fd)
+            return try readAll(fd, limit: limit)
         } catch {
-            throw SystemCallError("read \(path)", errno: error.errno)
+            throw error.errno == EFBIG
+                ? tooLarge("read \(path)", limit: limit) : SystemCallError("read \(path)", errno: error.errno)
         }
+    }
+
+    /// `read PATH (more than 1 MiB): File too large (EFBIG)`.
+    static func tooLarge(_ call: String, limit: Int) -> SystemCallError {
+        SystemCallError("\(call) (more than \(sizeText(limit)))", errno: EFBIG)
+    }
+
+    /// `1 MiB`, `64 KiB`, `100 bytes`.
+    public static func sizeText(_ bytes: Int) -> String {
+        if bytes >= 1 << 20 && bytes % (1 << 20) == 0 { return "\(bytes >> 20) MiB" }
+        if bytes >= 1 << 10 && bytes % (1 << 10) == 0 { return "\(bytes >> 10) KiB" }
+        return "\(bytes) bytes"
     }
 
     /// Whether something exists at `path`.

@@ -30,7 +30,7 @@ public struct LiveSystem: Sendable {
 
     /// `name:x:ID:…` lines of /etc/passwd or /etc/group (the files NSS source).
     func idFromDatabase(_ path: String, name: String) -> UInt32? {
-        guard let text = readFile(path) else { return nil }
+        guard let text = readFile(path, limit: Files.defaultLimit) else { return nil }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: ":", maxSplits: 3, omittingEmptySubsequences: false)
             if fields.count >= 3, fields[0] == name, let id = UInt32(fields[2]) { return id }
@@ -73,22 +73,10 @@ public struct LiveSystem: Sendable {
         interfaceAddresses().contains { $0.address.family == .ipv6 && $0.address.isLoopback }
     }
 
-    public func readFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-        }
-        return String(decoding: bytes, as: UTF8.self)
+    /// A file's text, or nil if it cannot be read or holds more than `limit` bytes (use
+    /// `Files.read` to tell the two apart).
+    public func readFile(_ path: String, limit: Int = 1 << 20) -> String? {
+        (try? Files.read(path, limit: limit)).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Addresses of all interfaces (name, address), in `getifaddrs` order.

@@ -17,6 +17,13 @@ struct HostLookup: SystemLookup {
     func detectIPv6(dualStack: Bool) -> Bool? { system.detectIPv6(dualStack: dualStack) }
     func loopbackHasIPv6() -> Bool { system.loopbackHasIPv6() }
     func readFile(_ path: String) -> String? { system.readFile(path) }
+    func readFile(_ path: String, limit: Int) -> FileRead {
+        do {
+            return .text(String(decoding: try Files.read(path, limit: limit), as: UTF8.self))
+        } catch {
+            return error.errno == EFBIG ? .tooLarge : .unreadable
+        }
+    }
 }
 
 /// Resolves flags and environment into settings, mapping bad input to exit 64. When a

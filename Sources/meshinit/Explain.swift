@@ -216,7 +216,7 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
 func pluginConfig(_ path: String, annotations: [String]) throws -> PluginConfig {
     let document: JSONSpan
     do {
-        document = try JSONParser.parse(try Files.read(path))
+        document = try JSONParser.parse(try Files.read(path, limit: cniConfigLimit))
     } catch {
         throw CommandFailure(status: .usage, message: "--cni-config \(quoted(path)): \(error)")
     }
@@ -251,8 +251,13 @@ func pluginConfig(_ path: String, annotations: [String]) throws -> PluginConfig 
     return config
 }
 
+/// The most `explain -` reads from stdin (about 400,000 packets).
+let packetInputLimit = 16 << 20
+/// The most of a `--cni-config` file read (a `.conflist` is a few KiB).
+let cniConfigLimit = 1 << 20
+
 /// Packets from the operands; `-` stands for stdin, one packet per line (blank lines and
-/// `#` comments skipped).
+/// `#` comments skipped), at most `packetInputLimit` bytes of them.
 func readPackets(_ operands: [String]) throws -> [Packet] {
     var packets: [Packet] = []
     var words: [String] = []
@@ -266,9 +271,11 @@ func readPackets(_ operands: [String]) throws -> [Packet] {
             words = []
             let bytes: [UInt8]
             do {
-                bytes = try Files.readAll(0)
+                bytes = try Files.readAll(0, limit: packetInputLimit)
             } catch {
-                throw CommandFailure(status: .failure, message: "cannot read packets from stdin: \(error)")
+                throw CommandFailure(
+                    status: error.errno == EFBIG ? .usage : .failure,
+                    message: "cannot read packets from stdin: \(error)")
             }
             let text = String(decoding: bytes, as: UTF8.self)
             var start = text.utf8.startIndex

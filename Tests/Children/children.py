@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""meshinit and the programs it runs (iptables-save/-restore), in throwaway network namespaces.
+"""meshinit and the programs it runs (iptables-save/-restore), in throwaway network namespaces;
+and the inputs it reads, which are bounded.
 
 A fake iptables-restore is put first in PATH (meshinit finds its binaries in PATH; the variant
 is forced with --force-iptables-binary), wrapping the real one:
@@ -18,6 +19,8 @@ is forced with --force-iptables-binary), wrapping the real one:
                   the one changed before.
   payload error   a restore failing with "does not exist" while nothing changed is reported
                   at once, not retried.
+  bounded input   `explain -` with more than 16 MiB on stdin, a resolv.conf over 1 MiB, a
+                  --cni-config over 1 MiB: exit 64, one line naming the input and the limit.
 
 Usage: children.py --bin PATH [--variant nft|legacy ...] [--only NAME...]
 Prints one line per scenario and "children: N passed, N failed"; exits 1 on any failure.
@@ -272,6 +275,40 @@ def payload_error_not_retried(binary, variant):
                                                                           p.stderr.strip()[-300:]))
 
 
+def once(fn):
+    """A scenario that does not depend on the iptables variant."""
+    fn.once = True
+    return fn
+
+
+@scenario
+@once
+def bounded_input(binary, variant):
+    """Inputs over their limit are refused with exit 64 and one line, never read whole."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="meshinit-input-") as tmp:
+        resolv = os.path.join(tmp, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("# padding\n" * 110000 + "nameserver 10.0.0.10\n")
+        conflist = os.path.join(tmp, "big.conflist")
+        with open(conflist, "w") as f:
+            f.write('{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "meshinit"}], "pad": "%s"}'
+                    % ("x" * (1 << 20)))
+        runs = [
+            ([binary, "explain"] + SEED + ["-"], b"# padding\n" * (17 * 1024 * 1024 // 10), "more than 16 MiB"),
+            ([binary, "plan", "--redirect-dns", "--resolv-conf", resolv] + SEED, None, "--resolv-conf"),
+            ([binary, "explain", "--cni-config", conflist, "out tcp 10.0.0.1:80"], None, "more than 1 MiB"),
+        ]
+        for cmd, stdin, mention in runs:
+            p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60)
+            err = p.stderr.decode(errors="replace")
+            if p.returncode != 64 or len(err.strip().splitlines()) != 1 or mention not in err:
+                problems.append("%s: exit %d, stderr %r (want 64 and one line with %r)" % (
+                    " ".join(cmd[1:3]), p.returncode, err[-300:], mention))
+    if problems:
+        raise Failure("; ".join(problems))
+
+
 def prerequisites(variants):
     missing = [b for b in ["ip"] + ["%s-%s-%s" % (f, v, k) for f in ("iptables", "ip6tables") for v in variants
                                     for k in ("save", "restore")]
@@ -317,7 +354,7 @@ def main():
         background.start()
     for variant in variants:
         for fn in SCENARIOS:
-            if not a.only or fn.__name__ in a.only:
+            if (not a.only or fn.__name__ in a.only) and not (getattr(fn, "once", False) and variant != variants[0]):
                 run(fn, variant)
     if background:
         background.join()

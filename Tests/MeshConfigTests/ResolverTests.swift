@@ -748,3 +748,15 @@ struct ChildTimeoutTests {
         expectBad(env: ["MESHINIT_CHILD_TIMEOUT": text], names: "MESHINIT_CHILD_TIMEOUT", value: text)
     }
 }
+
+@Suite("ConfigResolver: bounded files")
+struct BoundedFileTests {
+    @Test("a resolv.conf over 1 MiB is refused, naming --resolv-conf")
+    func largeResolvConf() {
+        var system = FakeSystem()
+        system.files["/big"] = String(repeating: "# padding\n", count: (1 << 20) / 10 + 1) + "nameserver 10.0.0.1\n"
+        expectBad([.redirectDNS: "true", .resolvConf: "/big"], system: system, names: "--resolv-conf", value: "/big")
+        system.files["/ok"] = "nameserver 10.0.0.1\n"
+        #expect(throws: Never.self) { try resolve([.redirectDNS: "true", .resolvConf: "/ok"], system: system) }
+    }
+}

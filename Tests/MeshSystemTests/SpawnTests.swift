@@ -161,3 +161,46 @@ struct SpawnTests {
         #expect(mask.map { $0 & (1 << 12) == 0 } == true, "\(ignored.stdout)")
     }
 }
+
+@Suite("Files: bounded reads")
+struct BoundedReadTests {
+    static func file(_ bytes: Int) -> String {
+        let path = "/tmp/meshinit-bounded-\(getpid())-\(bytes)"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let data = [UInt8](repeating: 0x61, count: bytes)
+        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        return path
+    }
+
+    @Test("a file up to the limit is read whole; one byte more is EFBIG, naming the file and the limit")
+    func file() throws {
+        let exact = Self.file(1 << 20)
+        let over = Self.file((1 << 20) + 1)
+        defer {
+            unlink(exact)
+            unlink(over)
+        }
+        #expect(try Files.read(exact, limit: 1 << 20).count == 1 << 20)
+        do {
+            _ = try Files.read(over, limit: 1 << 20)
+            Issue.record("read past the limit")
+        } catch {
+            #expect(error.errno == EFBIG)
+            #expect(error.description == "read \(over) (more than 1 MiB): File too large (EFBIG)")
+        }
+    }
+
+    @Test("a pipe (stdin) past the limit is EFBIG, not a cut input")
+    func pipe() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(Glibc.pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        let data = [UInt8](repeating: 0x62, count: 2000)
+        _ = data.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) }
+        close(fds[1])
+        #expect(throws: SystemCallError("read (more than 1000 bytes)", errno: EFBIG)) {
+            try Files.readAll(fds[0], limit: 1000)
+        }
+    }
+}

@@ -159,7 +159,9 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
     // that holds ours (both, when both do; the forced one with --backend).
     var walks: [LiveWalk] = []
     if live {
-        let context = Context(settings)
+        var context = Context(settings)
+        // stdout is the report (JSON lines with --format json): notes go to stderr.
+        context.log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
         let request: BackendRequest =
             backend.map { .forced($0 == .nft ? .netlink : .iptables) } ?? cniRequest ?? context.backendRequest
         for installed in try context.installedBackends(request) {

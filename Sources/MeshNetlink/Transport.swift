@@ -24,7 +24,8 @@ public protocol NetlinkTransport {
 ///
 /// Options: `NETLINK_CAP_ACK` (error acks carry only the header, not the whole request:
 /// without it a failing large message can overflow the receive buffer) and
-/// `NETLINK_EXT_ACK` (the kernel adds the offset of the offending attribute).
+/// `NETLINK_EXT_ACK` (the kernel adds the offset of the offending attribute); a 10-second
+/// receive timeout, so a reply that never comes is an error (EAGAIN), never a hang.
 public final class NetfilterSocket: NetlinkTransport {
     fileprivate let socket: OpaquePointer
 
@@ -55,12 +56,20 @@ public final class NetfilterSocket: NetlinkTransport {
         var on: Int32 = 1
         _ = mnl_socket_setsockopt(opened, NETLINK_CAP_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
         _ = mnl_socket_setsockopt(opened, NETLINK_EXT_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
+        // The kernel answers inside sendmsg (a dump's later parts as they are read): a reply that
+        // never comes is a bug or a refused request, never a wait. Fail, never hang.
+        var timeout = timeval(tv_sec: NetfilterSocket.receiveTimeoutSeconds, tv_usec: 0)
+        _ = setsockopt(
+            mnl_socket_get_fd(opened), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard mnl_socket_bind(opened, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let code = currentErrno()
             mnl_socket_close(opened)
             throw NetlinkError(.system, "bind(NETLINK_NETFILTER)", errno: code)
         }
     }
+
+    /// How long a blocking read of a reply may wait (`SO_RCVTIMEO`).
+    static let receiveTimeoutSeconds = 10
 
     private static func open() throws(NetlinkError) -> OpaquePointer {
         guard let opened = mnl_socket_open(NETLINK_NETFILTER) else {

@@ -271,6 +271,9 @@ public final class NetlinkConversation {
                         throw .malformed(error)
                     }
                     if let status {
+                        // Without the capability nfnetlink refuses the whole datagram: it
+                        // answers its first message and drops the rest unanswered.
+                        if status == EPERM || status == EACCES { throw .kernel(errno: status) }
                         if status != 0, failure == nil { failure = status }
                         complete[index] = true
                     } else {

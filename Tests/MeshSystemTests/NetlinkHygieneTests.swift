@@ -172,7 +172,7 @@ struct NetlinkHygieneTests {
                 .datagram(
                     reply(
                         type: NLMSG_ERROR, seq: messages[0].sequence, port: 77,
-                        payload: le32(UInt32(bitPattern: -EPERM)))),
+                        payload: le32(UInt32(bitPattern: -ENOENT)))),
                 .datagram(
                     reply(type: 0xa03, flags: Int(NLM_F_MULTI), seq: messages[1].sequence, port: 77, payload: [1])),
                 .datagram(reply(type: NLMSG_DONE, seq: messages[1].sequence, port: 77, payload: le32(0))),
@@ -181,9 +181,26 @@ struct NetlinkHygieneTests {
         #expect {
             try NetlinkConversation(io: kernel).exchange([Self.get, Self.dump])
         } throws: { error in
-            (error as? NetlinkExchangeError) == .kernel(errno: EPERM)
+            (error as? NetlinkExchangeError) == .kernel(errno: ENOENT)
         }
         // Everything was read: nothing of that exchange is left to confuse the next one.
         #expect(throws: SystemCallError.self) { try kernel.receive() }
+    }
+
+    @Test("refused for lack of CAP_NET_ADMIN: nfnetlink answers the first message only; that is the answer")
+    func notPermitted() {
+        let kernel = PortKernel { messages in
+            [
+                .datagram(
+                    reply(
+                        type: NLMSG_ERROR, seq: messages[0].sequence, port: 77,
+                        payload: le32(UInt32(bitPattern: -EPERM))))
+            ]
+        }
+        #expect {
+            try NetlinkConversation(io: kernel).exchange([Self.get, Self.dump, Self.get])
+        } throws: { error in
+            (error as? NetlinkExchangeError) == .kernel(errno: EPERM)
+        }
     }
 }

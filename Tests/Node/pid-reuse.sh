@@ -26,7 +26,7 @@ mount --make-rprivate /
 mkdir -p /run/netns && mount -t tmpfs meshinit-netns /run/netns
 work=$(mktemp -d /tmp/meshinit-pidreuse-h17a.XXXXXX)
 cleanup() {
-    touch "$work/release"
+    [ -p "$work/release" ] && timeout 1 sh -c 'echo release >"$0"' "$work/release"
     jobs -p | xargs -r kill 2>/dev/null
     wait 2>/dev/null
     for ns in node held; do ip netns del "$ns" 2>/dev/null; done
@@ -50,8 +50,11 @@ check "our rules installed in node and held" '[ "$(tables node)" = 1 ] && [ "$(t
 # The victim: a process in an unnamed namespace, found only through /proc/PID/ns/net.
 unshare --net sleep 600 &
 victim=$!
-# Hold held's namespace lock (flock on its nsfs inode, as meshinit takes it) until released.
-ip netns exec held flock /proc/self/ns/net sh -c 'touch "$0/locked"; while [ ! -e "$0/release" ]; do sleep 0.05; done' "$work" &
+# Hold held's namespace lock (flock on its nsfs inode, as meshinit takes it) until released:
+# blocked in a read of a FIFO (a shell builtin), so that nothing forks while the victim's PID
+# is being handed on.
+mkfifo "$work/release"
+ip netns exec held flock /proc/self/ns/net sh -c ': >"$0/locked"; read -r _ <"$0/release"' "$work" &
 for _ in $(seq 100); do [ -e "$work/locked" ] && break; sleep 0.05; done
 check "the lock on held is taken" '[ -e "$work/locked" ]'
 
@@ -63,11 +66,20 @@ kill "$victim"
 wait "$victim" 2>/dev/null
 # The next process of this PID namespace gets the victim's PID: a process of the node's
 # namespace. Nothing else forks in between (the walk is waiting on the lock).
-echo $((victim - 1)) >/proc/sys/kernel/ns_last_pid
-ip netns exec node sleep 600 &
-reused=$!
-check "a process of node's namespace now has the victim's PID ($victim)" '[ "$reused" = "$victim" ] && [ "$(stat -L -c %i /proc/$reused/ns/net)" = "$(ip netns exec node stat -L -c %i /proc/self/ns/net)" ]'
-touch "$work/release"
+reused=
+for _ in $(seq 20); do
+    echo $((victim - 1)) >/proc/sys/kernel/ns_last_pid
+    ip netns exec node sleep 600 &
+    reused=$!
+    [ "$reused" = "$victim" ] && break
+    kill "$reused"
+    wait "$reused" 2>/dev/null
+done
+# `ip netns exec` enters the namespace, then execs: wait until it has.
+node_inode=$(ip netns exec node stat -L -c %i /proc/self/ns/net)
+for _ in $(seq 100); do [ "$(stat -L -c %i /proc/$reused/ns/net 2>/dev/null)" = "$node_inode" ] && break; sleep 0.02; done
+check "a process of node's namespace now has the victim's PID ($victim)" '[ "$reused" = "$victim" ] && [ "$(stat -L -c %i /proc/$reused/ns/net)" = "$node_inode" ]'
+echo release >"$work/release"
 wait "$walk"
 rc=$?
 sed 's/^/    /' "$work/report"

@@ -25,6 +25,9 @@ public struct NetlinkError: Error, Sendable, Hashable, CustomStringConvertible {
         case missingAcknowledgement
         /// A reply from the kernel could not be parsed.
         case malformedReply
+        /// The ruleset kept changing while it was read (another writer): no consistent
+        /// snapshot could be had.
+        case concurrentChange
     }
 
     public var code: Code
@@ -53,7 +56,7 @@ public struct NetlinkError: Error, Sendable, Hashable, CustomStringConvertible {
             case .messageTooLarge: text += ": message exceeds 64 KiB"
             case .missingAcknowledgement: text += ": the kernel did not acknowledge every message"
             case .malformedReply: text += ": malformed reply"
-            case .system, .kernel: break
+            case .system, .kernel, .concurrentChange: break
             }
         }
         if let attributeOffset { text += " [attribute at offset \(attributeOffset)]" }

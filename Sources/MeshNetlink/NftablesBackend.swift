@@ -44,14 +44,25 @@ public final class NftablesBackend {
     /// - Returns: whether anything was changed.
     @discardableResult
     public func apply(_ plan: Plan) throws(NetlinkError) -> Bool {
+        try apply(plan, after: nil)
+    }
+
+    /// `apply`, starting from `inventory` (a table list read just before, under the same
+    /// namespace lock, e.g. to choose the backend): it serves as the first read, so choosing
+    /// costs no extra round trip.
+    ///
+    /// The comparison is complete (see `RulesetDiff`): a table of ours that is dormant, a base
+    /// chain with another policy or priority, a foreign chain or set in our table, make the
+    /// kernel's state differ, and the table is replaced (re-armed).
+    @discardableResult
+    public func apply(_ plan: Plan, after inventory: NftTables?) throws(NetlinkError) -> Bool {
         var reader = RulesetReader(transport: transport)
         let owned = NftBatchBuilder.ownedTables.map(\.nftTableName)
-        let present = try reader.tableNames(among: owned)
+        let snapshot = try reader.snapshot(tables: owned, inventory: inventory?.inventory)
+        let present = snapshot.tables.map(\.name)
         if !present.isEmpty {
-            var live: [TableSnapshot] = []
-            for name in present { live.append(try reader.readTable(name)) }
             let expected = try NftablesBackend.expectedSnapshot(plan)
-            if RulesetDiff.differences(expected: expected, actual: live).isEmpty { return false }
+            if RulesetDiff.differences(expected: expected, actual: snapshot.tables).isEmpty { return false }
         }
         do {
             try send(try NftBatchBuilder.applyBatch(plan, existing: Set(present)))
@@ -63,13 +74,20 @@ public final class NftablesBackend {
         return true
     }
 
+    /// The kernel's table list (one dump, with the ruleset generation): which of our tables
+    /// exist, namesakes in other families, and whether iptables-nft has tables.
+    public func inventory() throws(NetlinkError) -> NftTables {
+        var reader = RulesetReader(transport: transport)
+        return NftTables(inventory: try reader.inventory(among: NftBatchBuilder.ownedTables.map(\.nftTableName)))
+    }
+
     /// Deletes all of meshinit's tables in one transaction. Idempotent; other tables are
     /// not touched.
     ///
     /// - Throws: `NetlinkError` as for `apply`.
     public func clean() throws(NetlinkError) {
         var reader = RulesetReader(transport: transport)
-        let present = try reader.tableNames(among: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        let present = try reader.inventory(among: NftBatchBuilder.ownedTables.map(\.nftTableName)).ours
         guard !present.isEmpty else { return }
         do {
             try send(try NftBatchBuilder.cleanBatch(existing: Set(present)))
@@ -103,25 +121,37 @@ public final class NftablesBackend {
     /// - Throws: `NetlinkError` when the state cannot be read.
     public func installedTables() throws(NetlinkError) -> [String] {
         var reader = RulesetReader(transport: transport)
-        return try reader.tableNames(among: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        return try reader.inventory(among: NftBatchBuilder.ownedTables.map(\.nftTableName)).ours
     }
 
     /// Compares the kernel's state of our tables with `plan`.
     ///
-    /// - Returns: one readable line per difference (a missing or unexpected table or chain,
-    ///   a base chain with another hook, a missing rule shown as `add rule …` nft text, an
+    /// - Returns: one readable line per difference (a missing or unexpected table, chain or
+    ///   named set; a table with flags such as `dormant`; a base chain with another type, hook,
+    ///   priority, policy, devices or flags; a missing rule shown as `add rule …` nft text, an
     ///   unexpected rule shown as bytecode); empty when the kernel matches the plan.
     /// - Throws: `NetlinkError` when the state cannot be read.
     public func verify(_ plan: Plan) throws(NetlinkError) -> [String] {
+        try compare(plan).differences
+    }
+
+    /// `verify`, with notes on what was seen but is not ours to compare (a table with one of
+    /// our names in another family, e.g. `ip istio-proxy-nat`).
+    public func compare(_ plan: Plan) throws(NetlinkError) -> NftComparison {
         var reader = RulesetReader(transport: transport)
-        let live = try reader.read(tables: NftBatchBuilder.ownedTables.map(\.nftTableName))
+        let snapshot = try reader.snapshot(tables: NftBatchBuilder.ownedTables.map(\.nftTableName))
         let expected = try NftablesBackend.expectedSnapshot(plan)
-        return RulesetDiff.differences(expected: expected, actual: live)
+        return NftComparison(
+            differences: RulesetDiff.differences(expected: expected, actual: snapshot.tables),
+            notes: snapshot.namesakes.map {
+                "table \($0) has the name of one of ours but another family: not ours (meshinit makes inet tables), not compared"
+            })
     }
 
     /// The rules of our tables as the kernel holds them, chain by chain (tables and chains
     /// in the plan's layout order first, then any others), each paired with the planned rule
-    /// of that chain it equals (the same bytecode), if any.
+    /// of that chain it equals (the same bytecode), if any; a chain of a dormant table does
+    /// not run, and a chain whose header (or table) differs from the plan's says how.
     ///
     /// - Throws: `NetlinkError` when the state cannot be read.
     public func liveRules(comparedWith plan: Plan) throws(NetlinkError) -> [LiveChain] {
@@ -131,12 +161,24 @@ public final class NftablesBackend {
         var out: [LiveChain] = []
         for table in live {
             let planned = expected.first { $0.name == table.name }
+            var tableNotes: [String] = []
+            if table.flags != 0 {
+                tableNotes.append(RulesetDiff.tableFlags(table))
+            }
             for chain in table.chains {
-                let texts = planned?.chains.first { $0.name == chain.name }?.rules.map(\.text) ?? []
+                let plannedChain = planned?.chains.first { $0.name == chain.name }
+                let texts = plannedChain?.rules.map(\.text) ?? []
                 let rules = chain.rules.map { text in
                     LiveChain.Rule(text: text, planned: texts.firstIndex(of: text))
                 }
-                out.append(LiveChain(table: table.name, chain: chain.name, rules: rules))
+                var notes = tableNotes
+                if let plannedChain, plannedChain.base != chain.base {
+                    notes.append(RulesetDiff.header("inet \(table.name)", plannedChain, chain))
+                }
+                out.append(
+                    LiveChain(
+                        table: table.name, chain: chain.name, rules: rules,
+                        runs: table.flags & RulesetDiff.dormant == 0, notes: notes))
             }
         }
         return out
@@ -188,6 +230,31 @@ public struct LiveChain: Sendable, Hashable {
     /// `output`, `istio-output`, …
     public var chain: String
     public var rules: [Rule]
+    /// False when its table is dormant: the kernel does not run its chains.
+    public var runs: Bool = true
+    /// How the chain's header or its table differ from the plan's (empty: they do not).
+    public var notes: [String] = []
+}
+
+/// The kernel's table list, read once (`NftablesBackend.inventory()`).
+public struct NftTables: Sendable, Hashable {
+    let inventory: TableInventory
+
+    /// Our tables (`inet istio-proxy-*`) present, in layout order.
+    public var ours: [String] { inventory.ours }
+
+    /// Whether any `ip` (or, with `ipv6`, `ip6`) table exists: where iptables-nft keeps its rules.
+    public func hasIptablesNftTables(ipv6: Bool) -> Bool {
+        inventory.families.contains(UInt32(ipv6 ? NFPROTO_IPV6 : NFPROTO_IPV4))
+    }
+}
+
+/// `NftablesBackend.compare`: the differences from the plan, and notes.
+public struct NftComparison: Sendable, Hashable {
+    /// One line per difference; empty when the kernel holds exactly the plan.
+    public var differences: [String]
+    /// What was seen but is not ours to compare.
+    public var notes: [String]
 }
 
 struct ExpectedChain {
@@ -201,8 +268,13 @@ struct ExpectedTable {
     var chains: [ExpectedChain]
 }
 
-/// Expected vs. live tables → readable differences.
+/// Expected vs. live tables → readable differences. Everything the kernel holds that
+/// changes what our tables do is compared: table flags (a dormant table runs nothing), every
+/// chain's header (type, hook, priority, policy, devices, flags), named sets (ours has none),
+/// every rule in order, with its sets' elements and properties. Counters and handles are not.
 enum RulesetDiff {
+    static let dormant: UInt32 = 0x1  // NFT_TABLE_F_DORMANT
+
     static func differences(expected: [ExpectedTable], actual: [TableSnapshot]) -> [String] {
         var out: [String] = []
         for table in actual where !expected.contains(where: { $0.name == table.name }) {
@@ -214,6 +286,8 @@ enum RulesetDiff {
                 continue
             }
             let t = "inet \(table.name)"
+            if live.flags != 0 { out.append(tableFlags(live)) }
+            for set in live.namedSets { out.append("unexpected set \(t) \(set)") }
             for chain in live.chains where !table.chains.contains(where: { $0.name == chain.name }) {
                 out.append("unexpected chain \(t) \(chain.name)")
             }
@@ -222,11 +296,7 @@ enum RulesetDiff {
                     out.append("missing chain \(t) \(chain.name)")
                     continue
                 }
-                if liveChain.base != chain.base {
-                    out.append(
-                        "chain \(t) \(chain.name): expected \(chain.base ?? "a regular chain"), found \(liveChain.base ?? "a regular chain")"
-                    )
-                }
+                if liveChain.base != chain.base { out.append(header(t, chain, liveChain)) }
                 for change in diff(chain.rules.map(\.text), liveChain.rules) {
                     switch change {
                     case .missing(let index):
@@ -239,6 +309,18 @@ enum RulesetDiff {
             }
         }
         return out
+    }
+
+    /// `table inet istio-proxy-nat has flags dormant (expected none): …`.
+    static func tableFlags(_ table: TableSnapshot) -> String {
+        let what =
+            table.flags & dormant != 0
+            ? ": a dormant table runs none of its chains (capture is off)" : ""
+        return "table inet \(table.name) has flags \(NftnlTable.flagNames(table.flags)) (expected none)\(what)"
+    }
+
+    static func header(_ table: String, _ chain: ExpectedChain, _ live: ChainSnapshot) -> String {
+        "chain \(table) \(chain.name): expected \(chain.base ?? "a regular chain"), found \(live.base ?? "a regular chain")"
     }
 
     enum Change: Equatable {

@@ -39,6 +39,19 @@ final class NftnlTable {
 
     var name: String { string(nftnl_table_get_str(raw, attr(NFTNL_TABLE_NAME))) }
     var family: UInt32 { nftnl_table_get_u32(raw, attr(NFTNL_TABLE_FAMILY)) }
+    /// `NFTA_TABLE_FLAGS` (0 when absent).
+    var flags: UInt32 {
+        nftnl_table_is_set(raw, attr(NFTNL_TABLE_FLAGS)) ? nftnl_table_get_u32(raw, attr(NFTNL_TABLE_FLAGS)) : 0
+    }
+
+    /// `dormant`, `owner`, `persist` (as nft lists them), `none` for 0.
+    static func flagNames(_ flags: UInt32) -> String {
+        let known: [(UInt32, String)] = [(0x1, "dormant"), (0x2, "owner"), (0x4, "persist")]
+        var names = known.filter { flags & $0.0 != 0 }.map(\.1)
+        let rest = flags & ~known.reduce(0) { $0 | $1.0 }
+        if rest != 0 { names.append("0x" + String(rest, radix: 16)) }
+        return names.isEmpty ? "none" : names.joined(separator: ",")
+    }
 }
 
 /// An owned `struct nftnl_chain`.
@@ -62,20 +75,41 @@ final class NftnlChain {
     var table: String { string(nftnl_chain_get_str(raw, attr(NFTNL_CHAIN_TABLE))) }
     var name: String { string(nftnl_chain_get_str(raw, attr(NFTNL_CHAIN_NAME))) }
     var family: UInt32 { nftnl_chain_get_u32(raw, attr(NFTNL_CHAIN_FAMILY)) }
-    /// `type nat hook output priority -100`, or nil for a regular chain.
+    /// `type nat hook output priority -100`, with ` policy drop`, ` devices { … }` and
+    /// ` flags 0x…` (other than "base") when the kernel holds them; for a regular chain nil,
+    /// or `flags 0x…` when it has some (a binding chain).
     var baseSpec: String? {
-        guard nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_HOOKNUM)) else { return nil }
+        var flags: UInt32 = 0
+        if nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_FLAGS)) {
+            flags = nftnl_chain_get_u32(raw, attr(NFTNL_CHAIN_FLAGS)) & ~UInt32(NFT_CHAIN_BASE.rawValue)
+        }
+        let flagText = flags == 0 ? "" : " flags 0x" + String(flags, radix: 16)
+        guard nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_HOOKNUM)) else {
+            return flags == 0 ? nil : String(flagText.dropFirst())
+        }
         let type = string(nftnl_chain_get_str(raw, attr(NFTNL_CHAIN_TYPE)))
         let hook = nftnl_chain_get_u32(raw, attr(NFTNL_CHAIN_HOOKNUM))
         let priority = nftnl_chain_get_s32(raw, attr(NFTNL_CHAIN_PRIO))
         var spec = "type \(type) hook \(HookNumber.name(hook)) priority \(priority)"
         // Istio's chains keep the default policy; report anything else.
-        if nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_POLICY)),
-            nftnl_chain_get_u32(raw, attr(NFTNL_CHAIN_POLICY)) != UInt32(NF_ACCEPT)
-        {
-            spec += " policy drop"
+        if nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_POLICY)) {
+            let policy = nftnl_chain_get_u32(raw, attr(NFTNL_CHAIN_POLICY))
+            if policy != UInt32(NF_ACCEPT) { spec += policy == UInt32(NF_DROP) ? " policy drop" : " policy \(policy)" }
         }
-        return spec
+        var devices: [String] = []
+        if nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_DEV)) {
+            devices.append(string(nftnl_chain_get_str(raw, attr(NFTNL_CHAIN_DEV))))
+        }
+        if nftnl_chain_is_set(raw, attr(NFTNL_CHAIN_DEVICES)),
+            var list = nftnl_chain_get_array(raw, attr(NFTNL_CHAIN_DEVICES))
+        {
+            while let name = list.pointee {
+                devices.append(String(cString: name))
+                list += 1
+            }
+        }
+        if !devices.isEmpty { spec += " devices { \(devices.joined(separator: ", ")) }" }
+        return spec + flagText
     }
 }
 
@@ -141,28 +175,93 @@ final class NftnlSet {
 
     var table: String { string(nftnl_set_get_str(raw, attr(NFTNL_SET_TABLE))) }
     var name: String { string(nftnl_set_get_str(raw, attr(NFTNL_SET_NAME))) }
+    var flags: UInt32 { u32(NFTNL_SET_FLAGS) ?? 0 }
+    var keyLength: UInt32 { u32(NFTNL_SET_KEY_LEN) ?? 0 }
+    /// A map's data length (nil for a plain set).
+    var dataLength: UInt32? { u32(NFTNL_SET_DATA_LEN) }
+
+    private func u32(_ attribute: nftnl_set_attr) -> UInt32? {
+        nftnl_set_is_set(raw, attr(attribute)) ? nftnl_set_get_u32(raw, attr(attribute)) : nil
+    }
+
+    /// The set's own expressions (stateful ones run for every element matched), as text.
+    var expressionTexts: [String] {
+        var texts: [String] = []
+        withUnsafeMutablePointer(to: &texts) { pointer in
+            _ = nftnl_set_expr_foreach(
+                raw,
+                { expr, data in
+                    guard let expr, let data else { return 0 }
+                    data.assumingMemoryBound(to: [String].self).pointee.append(RuleText.expressionText(expr))
+                    return 0
+                }, pointer)
+        }
+        return texts
+    }
 
     /// Elements as (key bytes, flags), in the order the set holds them.
     var elements: [(key: [UInt8], flags: UInt32)] {
-        guard let iterator = nftnl_set_elems_iter_create(raw) else { return [] }
-        defer { nftnl_set_elems_iter_destroy(iterator) }
         var out: [(key: [UInt8], flags: UInt32)] = []
+        forEachElement { element in out.append((Self.bytes(element, NFTNL_SET_ELEM_KEY) ?? [], Self.flags(element))) }
+        return out
+    }
+
+    /// Each element as `RuleText.element` text, with whatever else it holds (a range end
+    /// key, data, a verdict, expressions) appended: all that a lookup would act on.
+    var elementTexts: [String] {
+        var out: [String] = []
+        forEachElement { element in
+            var extra = ""
+            if let end = Self.bytes(element, NFTNL_SET_ELEM_KEY_END) { extra += " keyend 0x" + RuleText.hex(end) }
+            if let data = Self.bytes(element, NFTNL_SET_ELEM_DATA) { extra += " data 0x" + RuleText.hex(data) }
+            if nftnl_set_elem_is_set(element, attr(NFTNL_SET_ELEM_VERDICT)) {
+                extra += " verdict \(Int32(bitPattern: nftnl_set_elem_get_u32(element, attr(NFTNL_SET_ELEM_VERDICT))))"
+            }
+            if nftnl_set_elem_is_set(element, attr(NFTNL_SET_ELEM_CHAIN)) {
+                extra += " chain " + string(nftnl_set_elem_get_str(element, attr(NFTNL_SET_ELEM_CHAIN)))
+            }
+            if nftnl_set_elem_is_set(element, attr(NFTNL_SET_ELEM_OBJREF)) {
+                extra += " objref " + string(nftnl_set_elem_get_str(element, attr(NFTNL_SET_ELEM_OBJREF)))
+            }
+            var expressions: [String] = []
+            withUnsafeMutablePointer(to: &expressions) { pointer in
+                _ = nftnl_set_elem_expr_foreach(
+                    element,
+                    { expr, data in
+                        guard let expr, let data else { return 0 }
+                        data.assumingMemoryBound(to: [String].self).pointee.append(RuleText.expressionText(expr))
+                        return 0
+                    }, pointer)
+            }
+            for expression in expressions { extra += " [ \(expression) ]" }
+            out.append(
+                RuleText.element(
+                    key: Self.bytes(element, NFTNL_SET_ELEM_KEY) ?? [], flags: Self.flags(element), extra: extra))
+        }
+        return out
+    }
+
+    private func forEachElement(_ body: (OpaquePointer) -> Void) {
+        guard let iterator = nftnl_set_elems_iter_create(raw) else { return }
+        defer { nftnl_set_elems_iter_destroy(iterator) }
         // `nftnl_set_elems_iter_next` returns the current element and advances.
         var element = nftnl_set_elems_iter_next(iterator)
         while let current = element {
-            var length: UInt32 = 0
-            var key: [UInt8] = []
-            if let data = nftnl_set_elem_get(current, attr(NFTNL_SET_ELEM_KEY), &length) {
-                key = Array(UnsafeRawBufferPointer(start: data, count: Int(length)))
-            }
-            var flags: UInt32 = 0
-            if nftnl_set_elem_is_set(current, attr(NFTNL_SET_ELEM_FLAGS)) {
-                flags = nftnl_set_elem_get_u32(current, attr(NFTNL_SET_ELEM_FLAGS))
-            }
-            out.append((key, flags))
+            body(current)
             element = nftnl_set_elems_iter_next(iterator)
         }
-        return out
+    }
+
+    private static func bytes(_ element: OpaquePointer, _ attribute: Int) -> [UInt8]? {
+        guard nftnl_set_elem_is_set(element, attr(attribute)) else { return nil }
+        var length: UInt32 = 0
+        guard let data = nftnl_set_elem_get(element, attr(attribute), &length) else { return nil }
+        return Array(UnsafeRawBufferPointer(start: data, count: Int(length)))
+    }
+
+    private static func flags(_ element: OpaquePointer) -> UInt32 {
+        nftnl_set_elem_is_set(element, attr(NFTNL_SET_ELEM_FLAGS))
+            ? nftnl_set_elem_get_u32(element, attr(NFTNL_SET_ELEM_FLAGS)) : 0
     }
 }
 

@@ -24,7 +24,8 @@ public protocol NetlinkTransport {
 ///
 /// Options: `NETLINK_CAP_ACK` (error acks carry only the header, not the whole request:
 /// without it a failing large message can overflow the receive buffer) and
-/// `NETLINK_EXT_ACK` (the kernel adds the offset of the offending attribute).
+/// `NETLINK_EXT_ACK` (the kernel adds the offset of the offending attribute); a 10-second
+/// receive timeout, so a reply that never comes is an error (EAGAIN), never a hang.
 public final class NetfilterSocket: NetlinkTransport {
     fileprivate let socket: OpaquePointer
 
@@ -55,12 +56,20 @@ public final class NetfilterSocket: NetlinkTransport {
         var on: Int32 = 1
         _ = mnl_socket_setsockopt(opened, NETLINK_CAP_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
         _ = mnl_socket_setsockopt(opened, NETLINK_EXT_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
+        // The kernel answers inside sendmsg (a dump's later parts as they are read): a reply that
+        // never comes is a bug or a refused request, never a wait. Fail, never hang.
+        var timeout = timeval(tv_sec: NetfilterSocket.receiveTimeoutSeconds, tv_usec: 0)
+        _ = setsockopt(
+            mnl_socket_get_fd(opened), SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard mnl_socket_bind(opened, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let code = currentErrno()
             mnl_socket_close(opened)
             throw NetlinkError(.system, "bind(NETLINK_NETFILTER)", errno: code)
         }
     }
+
+    /// How long a blocking read of a reply may wait (`SO_RCVTIMEO`).
+    static let receiveTimeoutSeconds = 10
 
     private static func open() throws(NetlinkError) -> OpaquePointer {
         guard let opened = mnl_socket_open(NETLINK_NETFILTER) else {
@@ -73,104 +82,36 @@ public final class NetfilterSocket: NetlinkTransport {
 
     private var fd: Int32 { mnl_socket_get_fd(socket) }
 
+    /// The socket's netlink port id (the kernel's replies are addressed to it).
+    var portID: UInt32 { UInt32(mnl_socket_get_portid(socket)) }
+
+    /// Sequence numbers: per socket, never reused, starting from the clock (as libmnl users
+    /// do), so not even a reply to an earlier socket's request of the same port can match.
+    private lazy var sequences = SequenceCounter(seed: SequenceCounter.clockSeed())
+
     public func commit(_ batch: Batch) throws(NetlinkError) {
         // Room for the request and one ack per message (acks are queued inside sendmsg).
         growBuffer(SO_SNDBUFFORCE, SO_SNDBUF, to: batch.bytes.count + 4096)
         growBuffer(SO_RCVBUFFORCE, SO_RCVBUF, to: max(batch.messages.count * 1024, 256 * 1024))
-        let sent = batch.bytes.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) }
-        guard sent == batch.bytes.count else {
-            throw NetlinkError(.system, "sendto (\(batch.bytes.count)-byte batch)", errno: currentErrno())
-        }
-        var pending = Set(batch.messages.map(\.sequence))
-        var failure: NetlinkError?
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        var waited = false
-        while !pending.isEmpty {
-            let received = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if received < 0 {
-                let code = currentErrno()
-                if code == EINTR { continue }
-                if code == EAGAIN || code == EWOULDBLOCK {
-                    // nfnetlink answers inside sendmsg; wait briefly once in case it did not.
-                    if waited || failure != nil { break }
-                    waited = true
-                    var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                    _ = poll(&descriptor, 1, 1000)
-                    continue
-                }
-                throw NetlinkError(.system, "recv (acknowledgements)", errno: code)
-            }
-            try parseAcks(buffer, count: received, batch: batch, pending: &pending, failure: &failure)
-        }
-        if let failure { throw failure }
-        if !pending.isEmpty {
-            let first = batch.messages.first { pending.contains($0.sequence) }
-            throw NetlinkError(.missingAcknowledgement, first?.subject ?? "batch")
-        }
+        try AckReader.commit(batch, over: BatchIO(socket: self), sequences: &sequences)
     }
 
-    private func parseAcks(
-        _ buffer: [UInt8], count: Int, batch: Batch, pending: inout Set<UInt32>, failure: inout NetlinkError?
-    ) throws(NetlinkError) {
-        var offset = 0
-        while offset + MemoryLayout<nlmsghdr>.size <= count {
-            let header = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: nlmsghdr.self) }
-            let length = Int(header.nlmsg_len)
-            guard length >= MemoryLayout<nlmsghdr>.size, offset + length <= count else {
-                throw NetlinkError(.malformedReply, "acknowledgement")
-            }
-            if header.nlmsg_type == UInt16(NLMSG_ERROR) {
-                let error = buffer.withUnsafeBytes {
-                    $0.loadUnaligned(fromByteOffset: offset + MemoryLayout<nlmsghdr>.size, as: Int32.self)
-                }
-                let sequence = header.nlmsg_seq
-                pending.remove(sequence)
-                if error != 0, failure == nil {
-                    let subject = batch.subject(ofSequence: sequence) ?? "message \(sequence)"
-                    failure = NetlinkError(
-                        .kernel, subject, errno: -error,
-                        attributeOffset: extAckOffset(buffer, offset: offset, length: length, flags: header.nlmsg_flags)
-                    )
-                }
-                if sequence == batch.beginSequence, error != 0 { pending.removeAll() }
-            }
-            offset += (length + 3) & ~3
-        }
-    }
-
-    /// `NLMSGERR_ATTR_OFFS` from an extended ack (`NLM_F_ACK_TLVS`): with `NETLINK_CAP_ACK`
-    /// the TLVs follow `nlmsgerr` (error i32 + the 16-byte request header).
-    private func extAckOffset(_ buffer: [UInt8], offset: Int, length: Int, flags: UInt16) -> UInt32? {
-        guard flags & UInt16(NLM_F_ACK_TLVS) != 0 else { return nil }
-        var position = offset + MemoryLayout<nlmsghdr>.size + 4 + MemoryLayout<nlmsghdr>.size
-        let end = offset + length
-        while position + 4 <= end {
-            let (attributeLength, type) = buffer.withUnsafeBytes {
-                (
-                    $0.loadUnaligned(fromByteOffset: position, as: UInt16.self),
-                    $0.loadUnaligned(fromByteOffset: position + 2, as: UInt16.self)
-                )
-            }
-            guard attributeLength >= 4 else { return nil }
-            if type & 0x3fff == UInt16(NLMSGERR_ATTR_OFFS.rawValue), attributeLength >= 8, position + 8 <= end {
-                return buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position + 4, as: UInt32.self) }
-            }
-            position += (Int(attributeLength) + 3) & ~3
-        }
-        return nil
-    }
-
-    /// Sends the dump request and collects the replies; a dump the kernel flags
-    /// `NLM_F_DUMP_INTR` (the ruleset changed while it ran) is repeated, with a new sequence
-    /// number (see `NetlinkConversation.dump`).
+    /// Sends the request's messages (one dump request, optionally with `NFT_MSG_GETGEN` or
+    /// other single-reply requests around it) in one `sendmsg`, with fresh sequence numbers,
+    /// and returns every reply message, in request order (see `NetlinkConversation.exchange`:
+    /// a dump flagged `NLM_F_DUMP_INTR`, or replies lost to `ENOBUFS`, repeat the whole
+    /// exchange; replies are taken only from the kernel, addressed to this socket, with the
+    /// request's sequence number).
     public func dump(_ request: [UInt8]) throws(NetlinkError) -> [[UInt8]] {
-        guard request.count >= NetlinkFrames.headerSize else { throw NetlinkError(.malformedReply, "dump request") }
+        let messages: [NetlinkMessage]
         do {
-            return try dumps.dump { seq in
-                var patched = request
-                withUnsafeBytes(of: seq.littleEndian) { patched.replaceSubrange(8..<12, with: $0) }
-                return patched
-            }.map(\.bytes)
+            messages = try NetlinkFrames.parse(request)
+        } catch {
+            throw NetlinkError(.malformedReply, "dump request")
+        }
+        guard !messages.isEmpty else { throw NetlinkError(.malformedReply, "dump request") }
+        do {
+            return try dumps.exchange(messages.map(\.bytes)).flatMap { $0.map(\.bytes) }
         } catch {
             switch error {
             case .system(let call): throw NetlinkError(.system, call.call, errno: call.errno)
@@ -181,7 +122,8 @@ public final class NetfilterSocket: NetlinkTransport {
         }
     }
 
-    private lazy var dumps = NetlinkConversation(io: DatagramIO(socket: self), firstSequence: 0x4d53_8000)
+    private lazy var dumps = NetlinkConversation(
+        io: DatagramIO(socket: self), firstSequence: SequenceCounter.clockSeed() &+ 0x8000_0000)
 
     /// The socket's datagram I/O for `NetlinkConversation`.
     private final class DatagramIO: NetlinkIO {
@@ -189,6 +131,8 @@ public final class NetfilterSocket: NetlinkTransport {
         var buffer = [UInt8](repeating: 0, count: 65536)
 
         init(socket: NetfilterSocket) { self.socket = socket }
+
+        var localPortID: UInt32? { socket.portID }
 
         func send(_ datagram: [UInt8]) throws(SystemCallError) {
             let sent = datagram.withUnsafeBytes { mnl_socket_sendto(socket.socket, $0.baseAddress, $0.count) }
@@ -198,18 +142,40 @@ public final class NetfilterSocket: NetlinkTransport {
         }
 
         func receive() throws(SystemCallError) -> [UInt8] {
-            let fd = mnl_socket_get_fd(socket.socket)
+            try NetlinkSocket.receiveFromKernel(socket.fd, into: &buffer)
+        }
+    }
+
+    /// The socket as `AckReader` uses it.
+    private final class BatchIO: BatchSocket {
+        unowned let socket: NetfilterSocket
+        var buffer = [UInt8](repeating: 0, count: 65536)
+
+        init(socket: NetfilterSocket) { self.socket = socket }
+
+        var portID: UInt32 { socket.portID }
+
+        func send(_ bytes: [UInt8]) throws(NetlinkError) {
+            let sent = bytes.withUnsafeBytes { mnl_socket_sendto(socket.socket, $0.baseAddress, $0.count) }
+            guard sent == bytes.count else {
+                throw NetlinkError(.system, "sendto (\(bytes.count)-byte batch)", errno: currentErrno())
+            }
+        }
+
+        func receive(waitMilliseconds: Int32) throws(SystemCallError) -> [UInt8]? {
             while true {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
-                if n < 0 {
-                    let code = currentErrno()
-                    if code == EINTR { continue }
-                    throw SystemCallError("recv (dump)", errno: code)
+                do {
+                    return try NetlinkSocket.receiveFromKernel(
+                        socket.fd, into: &buffer, flags: Int32(MSG_DONTWAIT))
+                } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+                    guard waitMilliseconds > 0 else { return nil }
+                    var descriptor = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+                    let ready = poll(&descriptor, 1, waitMilliseconds)
+                    if ready < 0, currentErrno() == EINTR { continue }
+                    if ready <= 0 { return nil }
+                    return try NetlinkSocket.receiveFromKernel(
+                        socket.fd, into: &buffer, flags: Int32(MSG_DONTWAIT))
                 }
-                guard n <= buffer.count else {
-                    throw SystemCallError("recv (dump): \(n)-byte datagram", errno: EMSGSIZE)
-                }
-                return Array(buffer[0..<n])
             }
         }
     }

@@ -14,6 +14,12 @@ public struct NamespaceError: Error, Sendable, Hashable, CustomStringConvertible
 
     /// A `/proc/PID/ns/net` whose process has exited (found by a walk, gone when reached).
     public var vanished: Bool { path.hasPrefix("/proc/") && (errno == ENOENT || errno == ESRCH) }
+
+    /// The path no longer refers to the namespace it did when listed (its process exited and
+    /// the PID was reused), or refers to the caller's own: not entered.
+    public var changed: Bool { call == NamespaceError.recheck }
+
+    static let recheck = "re-check of the namespace's inode"
 }
 
 /// Moves the calling thread (call it first thing, on the main thread, so every later socket
@@ -32,6 +38,14 @@ public struct NetworkNamespaceFile: Sendable, Hashable {
     public var path: String
     /// nsfs inode: the namespace's identity.
     public var inode: UInt64
+    /// The nsfs device (with the inode, the identity; 0: not recorded).
+    public var device: UInt64 = 0
+
+    public init(path: String, inode: UInt64, device: UInt64 = 0) {
+        self.path = path
+        self.inode = inode
+        self.device = device
+    }
 }
 
 /// Every network namespace reachable from `/run/netns/*` and `/proc/*/ns/net`,
@@ -42,7 +56,7 @@ public func listNetworkNamespaces() -> [NetworkNamespaceFile] {
     func add(_ path: String) {
         var info = stat()
         guard stat(path, &info) == 0, seen.insert(UInt64(info.st_ino)).inserted else { return }
-        out.append(NetworkNamespaceFile(path: path, inode: UInt64(info.st_ino)))
+        out.append(NetworkNamespaceFile(path: path, inode: UInt64(info.st_ino), device: UInt64(info.st_dev)))
     }
     for name in directoryEntries("/run/netns").sorted() { add("/run/netns/" + name) }
     for name in directoryEntries("/proc") where name.allSatisfy(\.isNumber) {
@@ -56,6 +70,43 @@ public func currentNetworkNamespaceInode() -> UInt64? {
     var info = stat()
     guard stat("/proc/thread-self/ns/net", &info) == 0 else { return nil }
     return UInt64(info.st_ino)
+}
+
+/// Runs `body` inside the namespace `listed` (one `listNetworkNamespaces` found), never in
+/// another: a `/proc/PID/ns/net` listed earlier may by now be another process's (the PID was
+/// reused), even the caller's own. The file is opened once, its inode checked on that open
+/// file, and `setns` is done on that same descriptor, so what is checked is what is entered;
+/// a namespace whose inode is `refusing` (the caller's own) is never entered. Checked again
+/// from inside, before `body` runs.
+///
+/// - Throws: `NamespaceError` — `changed` when the path now names another namespace or the
+///   refused one; `vanished` when its process is gone.
+public func withListedNetworkNamespace<T>(
+    _ listed: NetworkNamespaceFile, refusing own: UInt64?, _ body: () throws -> T
+) throws -> T {
+    let fd = open(listed.path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw NamespaceError(call: "open", path: listed.path, errno: errno) }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw NamespaceError(call: "fstat", path: listed.path, errno: errno) }
+    let inode = UInt64(info.st_ino)
+    guard inode == listed.inode, listed.device == 0 || UInt64(info.st_dev) == listed.device, inode != own else {
+        throw NamespaceError(call: NamespaceError.recheck, path: listed.path, errno: ESTALE)
+    }
+    let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+    guard home >= 0 else { throw NamespaceError(call: "open", path: "/proc/thread-self/ns/net", errno: errno) }
+    defer { close(home) }
+    guard cmesh_setns_net(fd) == 0 else { throw NamespaceError(call: "setns", path: listed.path, errno: errno) }
+    defer {
+        if cmesh_setns_net(home) != 0 {
+            writeStandardError("meshinit: cannot return to the original network namespace; exiting\n")
+            exit(1)
+        }
+    }
+    guard currentNetworkNamespaceInode() == listed.inode else {
+        throw NamespaceError(call: NamespaceError.recheck, path: listed.path, errno: ESTALE)
+    }
+    return try body()
 }
 
 /// Runs `body` inside the namespace at `path`, then returns the calling thread to where it

@@ -23,6 +23,8 @@ public struct NetlinkMessage: Sendable, Hashable {
     public var type: UInt16
     public var flags: UInt16
     public var sequence: UInt32
+    /// `nlmsg_pid`: in the kernel's replies, the port id of the socket that asked (or 0).
+    public var portID: UInt32
     /// The bytes after the 16-byte header.
     public var payload: [UInt8]
     /// The whole message, header included.
@@ -76,7 +78,7 @@ public enum NetlinkFrames {
             messages.append(
                 NetlinkMessage(
                     type: le16(datagram, offset + 4), flags: le16(datagram, offset + 6),
-                    sequence: le32(datagram, offset + 8),
+                    sequence: le32(datagram, offset + 8), portID: le32(datagram, offset + 12),
                     payload: Array(datagram[(offset + headerSize)..<(offset + length)]),
                     bytes: Array(datagram[offset..<(offset + length)])))
             offset += (length + 3) & ~3
@@ -126,15 +128,28 @@ public enum NetlinkExchangeError: Error, Sendable, Hashable, CustomStringConvert
 public protocol NetlinkIO: AnyObject {
     /// Sends one datagram to the kernel.
     func send(_ datagram: [UInt8]) throws(SystemCallError)
-    /// Receives one datagram (blocking).
+    /// Receives one datagram (blocking) sent by the kernel: datagrams from any other sender
+    /// (another process can unicast to our port id) are dropped, never returned. `ENOBUFS`
+    /// (the receive buffer overflowed: replies were lost) is thrown as such.
     func receive() throws(SystemCallError) -> [UInt8]
+    /// The socket's netlink port id, once bound (nil: unknown, nothing is checked against it).
+    var localPortID: UInt32? { get }
 }
 
-/// Request/acknowledge and dump exchanges over a `NetlinkIO`, with increasing sequence numbers.
+extension NetlinkIO {
+    public var localPortID: UInt32? { nil }
+}
+
+/// Request/acknowledge and dump exchanges over a `NetlinkIO`, with a fresh sequence number
+/// for every message sent (a retry never reuses one), and replies taken only when their
+/// sequence number is the request's and their `nlmsg_pid` is 0 or our port id: anything else
+/// on the socket (a late reply to an abandoned request, a message forged by another process)
+/// is skipped.
 public final class NetlinkConversation {
     public let io: any NetlinkIO
     private var sequence: UInt32
-    /// How many times a dump is repeated when the kernel flags it interrupted.
+    /// How many times a dump is repeated when the kernel flags it interrupted, or replies were
+    /// lost to a receive-buffer overrun (`ENOBUFS`).
     public let dumpAttempts: Int
 
     public init(io: any NetlinkIO, firstSequence: UInt32 = 1, dumpAttempts: Int = 5) {
@@ -149,6 +164,13 @@ public final class NetlinkConversation {
         return sequence
     }
 
+    /// Whether `message` may be a reply to a request of ours: sent to our port (or to 0, as
+    /// some kernel paths do).
+    func addressedToUs(_ message: NetlinkMessage) -> Bool {
+        guard message.portID != 0, let own = io.localPortID else { return true }
+        return message.portID == own
+    }
+
     /// Sends `request(seq)` (built with `NLM_F_ACK`) and returns the errno of the kernel's
     /// acknowledgement (0: done).
     public func acknowledged(_ request: (UInt32) -> [UInt8]) throws(NetlinkExchangeError) -> Int32 {
@@ -159,7 +181,7 @@ public final class NetlinkConversation {
             throw .system(error)
         }
         while true {
-            for message in try receiveMessages() where message.sequence == seq {
+            for message in try receiveMessages() where message.sequence == seq && addressedToUs(message) {
                 let status: Int32?
                 do {
                     status = try message.status()
@@ -172,21 +194,75 @@ public final class NetlinkConversation {
     }
 
     /// Sends `request(seq)` (a dump: `NLM_F_REQUEST | NLM_F_DUMP`) and returns every reply
-    /// message until `NLMSG_DONE`. A dump the kernel flags `NLM_F_DUMP_INTR` is repeated from
-    /// the start (with a new sequence number), at most `dumpAttempts` times in all.
+    /// message until `NLMSG_DONE`. A dump the kernel flags `NLM_F_DUMP_INTR`, or whose replies
+    /// were lost to `ENOBUFS`, is repeated from the start (with a new sequence number), at most
+    /// `dumpAttempts` times in all.
     public func dump(_ request: (UInt32) -> [UInt8]) throws(NetlinkExchangeError) -> [NetlinkMessage] {
+        try exchange([request(0)], isDump: [true]).first ?? []
+    }
+
+    /// Sends `requests` (complete netlink messages; their sequence numbers are replaced by
+    /// fresh ones) in one datagram, and returns each one's replies (without `NLMSG_DONE` and
+    /// acknowledgements), in request order. A request with `NLM_F_DUMP` is complete at its
+    /// `NLMSG_DONE`; any other at its first reply. At most one dump may be among them (the
+    /// kernel runs one dump per socket at a time), e.g. `NFT_MSG_GETGEN` + a dump + `GETGEN`.
+    ///
+    /// The kernel answers a datagram's messages in order, inside `sendmsg`: a request after a
+    /// dump is answered once the dump's first part is made, and a change after that flags the
+    /// dump's later parts `NLM_F_DUMP_INTR`. A dump so flagged, or replies lost to `ENOBUFS`,
+    /// repeat the whole exchange (fresh sequence numbers: late replies of the abandoned one are
+    /// skipped), at most `dumpAttempts` times in all.
+    ///
+    /// - Throws: `.kernel` with the first errno the kernel answered (after the dump in
+    ///   progress has ended, so the socket can dump again), `.interrupted` when every attempt
+    ///   was, `.system`, `.malformed`.
+    public func exchange(_ requests: [[UInt8]]) throws(NetlinkExchangeError) -> [[NetlinkMessage]] {
+        let dumpFlags = UInt16(NLM_F_DUMP)
+        return try exchange(
+            requests, isDump: requests.map { $0.count >= 8 && (NetlinkFrames.le16($0, 6) & dumpFlags) == dumpFlags })
+    }
+
+    private func exchange(_ requests: [[UInt8]], isDump: [Bool]) throws(NetlinkExchangeError) -> [[NetlinkMessage]] {
+        for request in requests where request.count < NetlinkFrames.headerSize {
+            throw .malformed(NetlinkFrameError(reason: "a \(request.count)-byte request"))
+        }
+        var overrun = false
         for _ in 0..<dumpAttempts {
-            let seq = nextSequence()
+            var datagram: [UInt8] = []
+            var sequences: [UInt32] = []
+            for request in requests {
+                let seq = nextSequence()
+                sequences.append(seq)
+                var patched = request
+                withUnsafeBytes(of: seq.littleEndian) { patched.replaceSubrange(8..<12, with: $0) }
+                datagram += patched
+                while datagram.count % 4 != 0 { datagram.append(0) }
+            }
             do {
-                try io.send(request(seq))
+                try io.send(datagram)
             } catch {
                 throw .system(error)
             }
-            var replies: [NetlinkMessage] = []
+            var replies = [[NetlinkMessage]](repeating: [], count: requests.count)
+            var complete = [Bool](repeating: false, count: requests.count)
             var interrupted = false
-            var done = false
-            while !done {
-                for message in try receiveMessages() where message.sequence == seq {
+            var failure: Int32?
+            overrun = false
+            // After an overrun a lost reply never comes: wait only for the dumps to end (the
+            // kernel does not drop a dump's parts; it makes them as room frees up).
+            while requests.indices.contains(where: { !complete[$0] && (isDump[$0] || !overrun) }) {
+                let messages: [NetlinkMessage]
+                do {
+                    messages = try receiveMessages()
+                } catch {
+                    if case .system(let call) = error, call.errno == ENOBUFS {
+                        overrun = true
+                        continue
+                    }
+                    throw error
+                }
+                for message in messages where addressedToUs(message) {
+                    guard let index = sequences.firstIndex(of: message.sequence), !complete[index] else { continue }
                     if message.dumpInterrupted { interrupted = true }
                     let status: Int32?
                     do {
@@ -194,16 +270,23 @@ public final class NetlinkConversation {
                     } catch {
                         throw .malformed(error)
                     }
-                    guard let status else {
-                        replies.append(message)
-                        continue
+                    if let status {
+                        // Without the capability nfnetlink refuses the whole datagram: it
+                        // answers its first message and drops the rest unanswered.
+                        if status == EPERM || status == EACCES { throw .kernel(errno: status) }
+                        if status != 0, failure == nil { failure = status }
+                        complete[index] = true
+                    } else {
+                        replies[index].append(message)
+                        if !isDump[index] { complete[index] = true }
                     }
-                    if status != 0 { throw .kernel(errno: status) }
-                    done = true
-                    break
                 }
             }
-            if !interrupted { return replies }
+            if let failure { throw .kernel(errno: failure) }
+            if !interrupted && !overrun { return replies }
+        }
+        if overrun {
+            throw .system(SystemCallError("recv (netlink): replies lost to a receive buffer overrun", errno: ENOBUFS))
         }
         throw .interrupted(attempts: dumpAttempts)
     }
@@ -227,6 +310,7 @@ public final class NetlinkConversation {
 public final class NetlinkSocket: NetlinkIO {
     let fd: Int32
     private var buffer = [UInt8](repeating: 0, count: 65536)
+    private var portID: UInt32?
 
     public init(protocol number: Int32, name: String) throws(SystemCallError) {
         let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), number)
@@ -235,6 +319,19 @@ public final class NetlinkSocket: NetlinkIO {
     }
 
     deinit { close(fd) }
+
+    /// Known once the kernel bound the socket (at its first send).
+    public var localPortID: UInt32? {
+        if let portID { return portID }
+        var address = sockaddr_nl()
+        var length = socklen_t(MemoryLayout<sockaddr_nl>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard rc == 0, address.nl_pid != 0 else { return nil }
+        portID = address.nl_pid
+        return portID
+    }
 
     public func send(_ datagram: [UInt8]) throws(SystemCallError) {
         var address = sockaddr_nl()
@@ -256,17 +353,35 @@ public final class NetlinkSocket: NetlinkIO {
     }
 
     public func receive() throws(SystemCallError) -> [UInt8] {
+        try NetlinkSocket.receiveFromKernel(fd, into: &buffer)
+    }
+
+    /// One datagram from the kernel (source port id 0) on `fd`; datagrams from other senders
+    /// are dropped. MSG_TRUNC: the datagram's real length, so a reply larger than the buffer
+    /// is an error instead of a silently shortened message.
+    public static func receiveFromKernel(_ fd: Int32, into buffer: inout [UInt8], flags: Int32 = 0)
+        throws(SystemCallError) -> [UInt8]
+    {
         while true {
-            // MSG_TRUNC: the datagram's real length, so a reply larger than the buffer is an
-            // error instead of a silently shortened message.
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
+            var source = sockaddr_nl()
+            var length = socklen_t(MemoryLayout<sockaddr_nl>.size)
+            let n = buffer.withUnsafeMutableBytes { raw in
+                withUnsafeMutablePointer(to: &source) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        recvfrom(fd, raw.baseAddress, raw.count, Int32(MSG_TRUNC) | flags, $0, &length)
+                    }
+                }
+            }
             if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("recv (netlink)", errno: errno)
+                let code = errno
+                if code == EINTR { continue }
+                throw SystemCallError("recv (netlink)", errno: code)
             }
             guard n <= buffer.count else {
                 throw SystemCallError("recv (netlink): \(n)-byte datagram", errno: EMSGSIZE)
             }
+            // Not from the kernel: another process unicast to our port id. Never a reply.
+            if source.nl_pid != 0 { continue }
             return Array(buffer[0..<n])
         }
     }

@@ -133,11 +133,12 @@ enum CNIPlugin {
     /// namespace. On any failure nothing of ours is left there.
     static func add(_ request: CNIRequest, _ config: PluginConfig, _ input: ConfigInput) throws(CNIError) -> String {
         let (context, plan) = try prepare(request, config, input)
+        var used = RulesBackend.netlink
         do {
             let lock = try lockNamespace(context)
             defer { withExtendedLifetime(lock) {} }
             do {
-                try applyPlan(plan, context, netlink: config.backend != .iptables)
+                used = try applyPlan(plan, context, backend: config.backendRequest)
             } catch {
                 // Nothing half-installed: remove whatever of ours this namespace holds now.
                 _ = try? executeCleanup(try planCleanup(context), context)
@@ -146,7 +147,7 @@ enum CNIPlugin {
         } catch {
             throw cniError(error)
         }
-        return "installed (\(config.backend == .iptables ? "iptables" : "nftables"))"
+        return "installed (\(used == .iptables ? "iptables" : "nftables"))"
     }
 
     /// CHECK: `verify` — the installed rules must be the plan.
@@ -154,10 +155,7 @@ enum CNIPlugin {
         let (context, plan) = try prepare(request, config, input)
         let differences: [String]
         do {
-            differences =
-                config.backend == .iptables ? try context.iptables.verify(plan) : try context.netlink().verify(plan)
-        } catch let error as IptablesError {
-            throw cniError(failure(error))
+            differences = try verifyPlan(plan, context, backend: config.backendRequest)
         } catch {
             throw cniError(error)
         }

@@ -65,7 +65,9 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
     for ns in listNetworkNamespaces() where ns.inode != home {
         let label = "\(ns.path) (netns \(ns.inode))"
         do {
-            let outcome = try withNetworkNamespace(ns.path) { () throws -> NamespaceCleanup in
+            // Entered through the file opened and checked now, not by its path: the PID may have
+            // been reused since the listing, even by a process of the caller's own namespace.
+            let outcome = try withListedNetworkNamespace(ns, refusing: home) { () throws -> NamespaceCleanup in
                 if !force, tcpListening(on: proxyPort.value) == true {
                     return .live
                 }
@@ -91,6 +93,9 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
             }
         } catch let error as NamespaceError where error.vanished {
             log.info("\(label): gone before it was reached (its process exited): skipped")
+        } catch let error as NamespaceError where error.changed {
+            log.info(
+                "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
         } catch let failure as CommandFailure {
             failures += 1
             log.log(.error, "\(label): \(failure.message)")

@@ -70,6 +70,7 @@ struct Context {
     var log: Logger
     let environment: ProcessEnvironment
     let sockets = NetfilterSocketCache()
+    let cache = RunCache()
 
     init(_ settings: Settings, environment: ProcessEnvironment = .current()) {
         self.settings = settings
@@ -87,6 +88,7 @@ struct Context {
     var iptables: IptablesBackend {
         let log = self.log
         let sockets = self.sockets
+        let cache = self.cache
         return IptablesBackend(
             runner: runner, forced: settings.run.forceIptablesVariant, lockWait: lockWaitSeconds,
             childTimeoutMilliseconds: settings.run.childTimeoutMilliseconds,
@@ -95,7 +97,9 @@ struct Context {
                 switch variant {
                 case .legacy: return legacyTablesLoaded(family)
                 case .nft:
-                    // One netlink dump instead of an iptables-nft-save process.
+                    // One netlink dump instead of an iptables-nft-save process (the table list
+                    // read to choose the backend, when there is one).
+                    if let inventory = cache.inventory { return inventory.hasIptablesNftTables(ipv6: family == .ipv6) }
                     guard let socket = try? sockets.get() else { return nil }
                     return try? NftablesBackend(transport: socket).hasIptablesNftTables(ipv6: family == .ipv6)
                 case .plain: return nil
@@ -111,18 +115,6 @@ struct Context {
         } catch {
             throw failure(error)
         }
-    }
-
-    /// `--native-nftables`, or no iptables binary at all (and none forced): the netlink
-    /// backend needs no binary, so a minimal image still works with Istio's arguments.
-    var usesNetlink: Bool {
-        if settings.run.nativeNftables { return true }
-        if settings.run.forceIptablesVariant != nil { return false }
-        if (try? iptables.tools(for: .ipv4)) == nil {
-            log.info("no iptables-restore in PATH: using the nftables netlink backend")
-            return true
-        }
-        return false
     }
 
     var routing: PolicyRouting {

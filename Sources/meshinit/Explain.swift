@@ -128,6 +128,7 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
     let settings: Settings
     let input: ConfigInput
     var defaultBackend: Backend?
+    var cniRequest: BackendRequest?
     switch source {
     case .flags(let given):
         let environment = ProcessEnvironment.current()
@@ -139,6 +140,7 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
             writeStandardError("meshinit: warning: the plugin installs nothing for this pod: \(reason)\n")
         }
         defaultBackend = config.backend == .iptables ? .iptables : .nft
+        cniRequest = config.backendRequest
         input = PodDecision.input(config)
         do {
             if live, let netns { try enterNetworkNamespace(netns) }
@@ -153,60 +155,83 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
     let plan = Planner.plan(settings.capture)
     let sources = input.origins(of: settings).mapValues { $0.map(\.description) }
 
-    var liveRules: Ruleset?
-    var chosen = backend ?? defaultBackend ?? (settings.run.nativeNftables ? .nft : .iptables)
+    // One walk per backend: the plan's, and with --live the kernel's rules of each backend
+    // that holds ours (both, when both do; the forced one with --backend).
+    var walks: [LiveWalk] = []
     if live {
-        let context = Context(settings)
-        if backend == nil && defaultBackend == nil && context.usesNetlink { chosen = .nft }
-        liveRules = try readLiveRules(plan, backend: chosen, context)
+        var context = Context(settings)
+        // stdout is the report (JSON lines with --format json): notes go to stderr.
+        context.log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
+        let request: BackendRequest =
+            backend.map { .forced($0 == .nft ? .netlink : .iptables) } ?? cniRequest ?? context.backendRequest
+        for installed in try context.installedBackends(request) {
+            let chosen: Backend = installed == .netlink ? .nft : .iptables
+            let (rules, notes) = try readLiveRules(plan, backend: chosen, context)
+            walks.append(LiveWalk(backend: chosen, live: Explainer(ruleset: rules), notes: notes))
+        }
+    } else {
+        walks.append(LiveWalk(backend: backend ?? defaultBackend ?? (settings.run.nativeNftables ? .nft : .iptables)))
     }
-    let planned = Explainer(ruleset: Ruleset(plan: plan, backend: chosen))
-    let kernel = liveRules.map(Explainer.init(ruleset:))
-    let planReport = Report(ruleset: planned.ruleset, sources: sources)
-    let report = kernel.map { Report(ruleset: $0.ruleset, sources: sources) } ?? planReport
 
     var out = ""
     out.reserveCapacity(1 << 17)
     var diverging = 0
-    for (i, packet) in packets.enumerated() {
-        let fromPlan = planned.explain(packet)
-        var shown = fromPlan
-        var differences: [String] = []
-        if let kernel {
-            shown = kernel.explain(packet)
-            differences = divergence(plan: fromPlan, planReport, live: shown, report)
-            if !differences.isEmpty { diverging += 1 }
-        }
-        switch format {
-        case .text:
-            if i > 0 { out += "\n" }
-            var lines: [String] = []
-            if live {
-                lines =
-                    differences.isEmpty ? ["live: the kernel's rules agree with the plan on this path"] : differences
+    var index = 0
+    for walk in walks {
+        let planned = Explainer(ruleset: Ruleset(plan: plan, backend: walk.backend))
+        let planReport = Report(ruleset: planned.ruleset, sources: sources)
+        let report = walk.live.map { Report(ruleset: $0.ruleset, sources: sources) } ?? planReport
+        for packet in packets {
+            let fromPlan = planned.explain(packet)
+            var shown = fromPlan
+            var differences: [String] = []
+            if let kernel = walk.live {
+                shown = kernel.explain(packet)
+                differences = divergence(plan: fromPlan, planReport, live: shown, report)
+                // What the rules alone do not show: a dormant table, a chain's other policy or priority.
+                var seen: Set<String> = []
+                for step in fromPlan.steps + shown.steps {
+                    for note in walk.notes[TableChain(table: step.table, chain: step.chain)] ?? []
+                    where seen.insert(note).inserted {
+                        differences.append("live: \(note)")
+                    }
+                }
+                if !differences.isEmpty { diverging += 1 }
             }
-            report.text(shown, extra: lines, into: &out)
-        case .json:
-            var extra: [(String, JSONValue)] = []
-            if live {
-                extra = [
-                    ("source", .string("live")),
-                    ("planVerdict", .string(fromPlan.verdict.kind)),
-                    ("divergence", .array(differences.map(JSONValue.string))),
-                ]
+            switch format {
+            case .text:
+                if index > 0 { out += "\n" }
+                var lines: [String] = []
+                if live {
+                    lines =
+                        differences.isEmpty
+                        ? ["live: the kernel's rules agree with the plan on this path"] : differences
+                }
+                report.text(shown, extra: lines, into: &out)
+            case .json:
+                var extra: [(String, JSONValue)] = []
+                if live {
+                    extra = [
+                        ("source", .string("live")),
+                        ("planVerdict", .string(fromPlan.verdict.kind)),
+                        ("divergence", .array(differences.map(JSONValue.string))),
+                    ]
+                }
+                report.json(shown, extra: extra, into: &out)
+                out += "\n"
             }
-            report.json(shown, extra: extra, into: &out)
-            out += "\n"
-        }
-        if out.utf8.count >= 1 << 16 {
-            writeStandardOutput(out)
-            out.removeAll(keepingCapacity: true)
+            index += 1
+            if out.utf8.count >= 1 << 16 {
+                writeStandardOutput(out)
+                out.removeAll(keepingCapacity: true)
+            }
         }
     }
     writeStandardOutput(out)
     if diverging > 0 {
         throw CommandFailure(
-            status: .drift, message: "the kernel's rules and the plan diverge on \(diverging) of \(packets.count) paths"
+            status: .drift,
+            message: "the kernel's rules and the plan diverge on \(diverging) of \(packets.count * walks.count) paths"
         )
     }
 }
@@ -326,9 +351,19 @@ func divergence(plan: Explanation, _ planReport: Report, live: Explanation, _ li
     return out
 }
 
+/// One backend's walk: the plan as that backend holds it, and the kernel's rules of it (with
+/// what they do not show: notes on chains whose table is dormant or whose header differs).
+struct LiveWalk {
+    var backend: Backend
+    var live: Explainer?
+    var notes: [TableChain: [String]] = [:]
+}
+
 /// The kernel's rules as explain walks them: the planned rule (with its origin) where a live
-/// rule equals one, else the live rule as far as it is understood.
-func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws -> Ruleset {
+/// rule equals one, else the live rule as far as it is understood; and, per chain, how it
+/// differs from the plan beyond its rules (nft: a dormant table's chains do not run at all,
+/// a base chain's policy, priority or hook).
+func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws -> (Ruleset, [TableChain: [String]]) {
     switch backend {
     case .nft:
         let chains: [LiveChain]
@@ -339,10 +374,13 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
         }
         let planned = ChainLayout.materializeOperations(plan.operations)
         var view: [TableChain: [RuleEntry]] = [:]
+        var notes: [TableChain: [String]] = [:]
         for live in chains {
             guard let table = Table.allCases.first(where: { $0.nftTableName == live.table }),
                 let chain = Chain(nftName: live.chain)
             else { continue }
+            if !live.notes.isEmpty { notes[TableChain(table: table, chain: chain)] = live.notes }
+            guard live.runs else { continue }
             let operations = planned.first { $0.table == table && $0.chain == chain }?.operations ?? []
             view[TableChain(table: table, chain: chain)] = live.rules.map { rule in
                 if let i = rule.planned, i < operations.count {
@@ -351,7 +389,7 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
                 return RuleEntry(matches: nil, target: nil, origin: [], iptables: nil, nft: rule.text)
             }
         }
-        return Ruleset(backend: .nft, chains: view.isEmpty ? [:] : [.ipv4: view, .ipv6: view])
+        return (Ruleset(backend: .nft, chains: view.isEmpty ? [:] : [.ipv4: view, .ipv6: view]), notes)
     case .iptables:
         var chains: [Family: [TableChain: [RuleEntry]]] = [:]
         for family in Family.allCases {
@@ -397,6 +435,6 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
             }
             if !view.isEmpty { chains[family] = view }
         }
-        return Ruleset(backend: .iptables, chains: chains)
+        return (Ruleset(backend: .iptables, chains: chains), [:])
     }
 }

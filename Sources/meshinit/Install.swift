@@ -43,17 +43,17 @@ struct Install: ParsableCommand {
             return
         }
         let context = Context(settings)
-        let netlink = !settings.run.cleanupOnly && !settings.run.skipRuleApply && context.usesNetlink
-        context.logConfig(
-            backend: netlink ? "nftables (netlink)" : settings.run.cleanupOnly ? "cleanup" : "iptables-restore")
         if settings.run.cleanupOnly {
+            context.logConfig(backend: "cleanup")
             try cleanEverything(context)
             return
         }
+        let request = context.backendRequest
+        context.logConfig(backend: settings.run.skipRuleApply ? "none (--skip-rule-apply)" : request.description)
         if !settings.run.skipRuleApply {
             let lock = try lockNamespace(context)
             defer { withExtendedLifetime(lock) {} }
-            try applyPlan(plan, context, netlink: netlink)
+            try applyPlan(plan, context, backend: request)
         }
         if settings.run.runValidation {
             let probe = RedirectProbe(
@@ -71,16 +71,24 @@ struct Install: ParsableCommand {
 
 /// Installs `plan` (rules through one backend, then TPROXY routes) in the current network
 /// namespace; the caller holds the namespace lock. Shared by `install` and the CNI plugin.
-func applyPlan(_ plan: Plan, _ context: Context, netlink: Bool) throws {
+/// With `.auto` the backend that already holds our rules is used (see
+/// `Context.installBackend`). Returns the backend used.
+@discardableResult
+func applyPlan(_ plan: Plan, _ context: Context, backend request: BackendRequest) throws -> RulesBackend {
+    // The table list read to choose is the first read of the install; nothing after the
+    // write may trust it.
+    defer { context.cache.inventory = nil }
+    let backend = try context.installBackend(request)
     do {
-        if netlink {
-            if try context.netlink().apply(plan) {
+        switch backend {
+        case .netlink:
+            if try context.netlink().apply(plan, after: try context.nftInventory()) {
                 let tables = NftLayout.tables(of: plan).map(\.table.nftTableName).joined(separator: ", ")
                 context.log.info("nftables: installed \(tables) in one transaction")
             } else {
                 context.log.info("nftables: rules already installed, nothing to do")
             }
-        } else {
+        case .iptables:
             let changes = try context.iptables.apply(plan)
             for change in changes { context.log.info("changed: \(change)") }
         }
@@ -91,5 +99,22 @@ func applyPlan(_ plan: Plan, _ context: Context, netlink: Bool) throws {
         throw failure(error)
     } catch let error as PolicyRouting.Failure {
         throw failure(error)
+    }
+    return backend
+}
+
+/// `applyPlan` with the backend forced (`netlink`: nftables through netlink, else iptables).
+func applyPlan(_ plan: Plan, _ context: Context, netlink: Bool) throws {
+    try applyPlan(plan, context, backend: .forced(netlink ? .netlink : .iptables))
+}
+
+extension BackendRequest: CustomStringConvertible {
+    var description: String {
+        switch self {
+        case .forced(.netlink): "nftables (netlink)"
+        case .forced(.iptables): "iptables-restore"
+        case .auto(.netlink): "auto (nftables (netlink); iptables where our rules are installed through it)"
+        case .auto(.iptables): "auto (iptables-restore; nftables where our rules are installed through netlink)"
+        }
     }
 }

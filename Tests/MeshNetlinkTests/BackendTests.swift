@@ -1,3 +1,4 @@
+import CNftnl
 import Foundation
 import MeshModel
 import MeshTestKit
@@ -19,7 +20,23 @@ final class FakeTransport: NetlinkTransport {
         if !failures.isEmpty { throw failures.removeFirst() }
     }
 
-    func dump(_ request: [UInt8]) throws(NetlinkError) -> [[UInt8]] { [] }
+    /// An empty ruleset at generation 1: GETGEN is answered, dumps find nothing.
+    func dump(_ request: [UInt8]) throws(NetlinkError) -> [[UInt8]] {
+        WireMessage.split(request).filter { $0.type == WireMessage.getGen }.map { _ in newGen(1) }
+    }
+}
+
+/// An `NFT_MSG_NEWGEN` reply carrying generation `id` (NFTA_GEN_ID, big endian).
+func newGen(_ id: UInt32) -> [UInt8] {
+    let type = UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_NEWGEN.rawValue)
+    var out: [UInt8] = []
+    withUnsafeBytes(of: UInt32(28).littleEndian) { out += $0 }
+    withUnsafeBytes(of: type.littleEndian) { out += $0 }
+    out += [0, 0] + [UInt8](repeating: 0, count: 8) + [0, 0, 0, 0]
+    withUnsafeBytes(of: UInt16(8).littleEndian) { out += $0 }
+    withUnsafeBytes(of: UInt16(NFTA_GEN_ID.rawValue).littleEndian) { out += $0 }
+    withUnsafeBytes(of: id.bigEndian) { out += $0 }
+    return out
 }
 
 @Suite("Backend without a kernel")
@@ -83,5 +100,54 @@ struct BackendTests {
         #expect(RulesetDiff.diff(["a", "b", "c"], ["a", "c", "d"]) == [.missing(1), .extra(2)])
         #expect(RulesetDiff.diff([], ["x"]) == [.extra(0)])
         #expect(RulesetDiff.diff(["x"], []) == [.missing(0)])
+    }
+}
+
+/// A kernel whose ruleset changes between any two reads: every GETGEN answers a new
+/// generation, and our nat table is always there.
+final class ChangingTransport: NetlinkTransport {
+    var generation: UInt32 = 0
+    var dumps = 0
+
+    func commit(_ batch: Batch) throws(NetlinkError) {}
+
+    func dump(_ request: [UInt8]) throws(NetlinkError) -> [[UInt8]] {
+        dumps += 1
+        var out: [[UInt8]] = []
+        for message in WireMessage.split(request) {
+            if message.type == WireMessage.getGen {
+                generation += 1
+                out.append(newGen(generation))
+            } else if message.type == 0xa01 {  // GETTABLE: istio-proxy-nat
+                let table = try NftnlTable(name: "istio-proxy-nat")
+                var buffer = [CChar](repeating: 0, count: 512)
+                out.append(
+                    buffer.withUnsafeMutableBufferPointer { chars in
+                        let header = nftnl_nlmsg_build_hdr(
+                            chars.baseAddress, UInt16(NFT_MSG_NEWTABLE.rawValue), UInt16(NFPROTO_INET),
+                            UInt16(NLM_F_MULTI), 0)!
+                        nftnl_table_nlmsg_build_payload(header, table.raw)
+                        return Array(UnsafeRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)))
+                    })
+            }
+        }
+        return out
+    }
+}
+
+@Suite("Reading the ruleset while it changes")
+struct SnapshotTests {
+    @Test("a ruleset that changes during every read: a bounded number of reads, then a clear error")
+    func alwaysChanging() throws {
+        let fake = ChangingTransport()
+        #expect {
+            try NftablesBackend(transport: fake).verify(try Conformance.plan(Conformance.seedArgs))
+        } throws: { error in
+            let failure = error as? NetlinkError
+            return failure?.code == .concurrentChange && failure?.errno == EAGAIN
+                && failure?.description.hasPrefix("reading the nftables ruleset: another writer changed it") == true
+        }
+        // Each read: tables (+GETGEN), sets, chains, rules (+GETGEN); ten reads.
+        #expect(fake.dumps == 40)
     }
 }

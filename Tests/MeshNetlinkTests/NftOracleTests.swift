@@ -85,6 +85,7 @@ struct WireMessage: Equatable, CustomStringConvertible {
     static let newRule: UInt16 = 0xa06
     static let newSet: UInt16 = 0xa09
     static let newSetElem: UInt16 = 0xa0c
+    static let getGen: UInt16 = 0xa10
 
     var isObject: Bool { [Self.newChain, Self.newRule, Self.newSet, Self.newSetElem].contains(type) }
 

@@ -17,7 +17,8 @@ if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null || ! command -v ip >/d
     exit 77 # skipped (scripts/test counts it so)
 fi
 if [ "${MESHINIT_INSIDE:-}" != 1 ]; then
-    exec unshare --mount --pid --fork --mount-proc env MESHINIT_INSIDE=1 bash "$0" "$@"
+    # --net too: the walk also enters this script's own namespace (PID 1 here), which must not be the host's.
+    exec unshare --net --mount --pid --fork --mount-proc env MESHINIT_INSIDE=1 bash "$0" "$@"
 fi
 mount --make-rprivate /
 mkdir -p /run/netns && mount -t tmpfs meshinit-netns /run/netns

@@ -56,10 +56,10 @@ struct ProtocolTests {
         let previous =
             #"{ "cniVersion" : "1.0.0", "ips": [ {"address": "10.1.0.5/24", "gateway":"10.1.0.1"} ], "x": 1.50 }"#
         let r = try request(#"{"cniVersion":"1.0.0","name":"n","type":"meshinit","prevResult":"# + previous + "}")
-        #expect(r.passThroughResult() == previous + "\n")
+        #expect(try r.addResult() == previous + "\n")
         #expect(r.cniVersion == "1.0.0")
         let bare = try request(#"{"cniVersion":"0.4.0","name":"n","type":"meshinit"}"#)
-        #expect(bare.passThroughResult() == #"{"cniVersion":"0.4.0"}"# + "\n")
+        #expect(try bare.addResult() == #"{"cniVersion":"0.4.0"}"# + "\n")
     }
 
     @Test("VERSION lists the supported versions, also without stdin")
@@ -110,7 +110,7 @@ struct PluginConfigTests {
     func keys() throws {
         let r = try request(
             configJSON(
-                #""envoy-port":15002,"istio-local-outbound-ports-exclude":[22,"8000-8010"],"redirect-dns":true,"#
+                #""envoy-port":15002,"istio-local-outbound-ports-exclude":[22,"8000-8010"],"redirect-dns":true,"capture-all-dns":true,"#
                     + #""excludeNamespaces":["kube-system"],"backend":"iptables","requireAnnotation":false,"logFile":"/var/log/m.log""#
             ))
         let config = try PluginConfig(try #require(r.config))
@@ -150,7 +150,7 @@ struct DecisionTests {
         throws -> PodDecision
     {
         let r = try request(configJSON(keys, annotations: annotations), environment)
-        return PodDecision.decide(r, try PluginConfig(try #require(r.config)))
+        return try PodDecision.decide(r, try PluginConfig(try #require(r.config)))
     }
 
     static func skipped(_ decision: PodDecision) -> String? {
@@ -315,6 +315,13 @@ struct DecisionTests {
             var excluded = splitList(flags[.localExcludePorts] ?? "").map(String.init)
             for port in PodAnnotation.alwaysExcludedInbound where !excluded.contains(port) { excluded.append(port) }
             flags[.localExcludePorts] = excluded.joined(separator: ",")
+            // CNI mode refuses what would read the node's resolv.conf.
+            if flags[.redirectDNS] == "true" && flags[.captureAllDNS] != "true" {
+                expectCNIError(.invalidConfig, "needs \"capture-all-dns\": true") {
+                    _ = try Self.settings(keys.joined(separator: ","), annotations: annotations)
+                }
+                return
+            }
             do {
                 let viaFlags = try ConfigResolver(system: NoSystem()).resolve(flags: flags, environment: [:])
                 let viaCNI = try Self.settings(keys.joined(separator: ","), annotations: annotations)

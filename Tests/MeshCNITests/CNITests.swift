@@ -354,23 +354,31 @@ struct ConflistTests {
 
         """
 
+    static func insert(_ entry: String, _ text: String) throws -> String? {
+        try Conflist.inserting(entry, into: Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    static func remove(_ text: String) throws -> String? {
+        try Conflist.removing(from: Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     @Test("inserted at the end of plugins, every other byte kept; idempotent; removed back to the original")
     func roundTrip() throws {
-        let inserted = try #require(try Conflist.inserting(Self.ours, into: Self.pretty))
+        let inserted = try #require(try Self.insert(Self.ours, Self.pretty))
         #expect(
             inserted.contains(
                 "  { \"type\": \"portmap\", \"capabilities\": { \"portMappings\": true } },\n    \(Self.ours)\n  ]"))
         #expect(inserted.replacingOccurrences(of: ",\n    \(Self.ours)", with: "") == Self.pretty)
-        #expect(try Conflist.inserting(Self.ours, into: inserted) == nil)
-        #expect(try Conflist.contains(inserted))
-        #expect(try Conflist.removing(from: inserted) == Self.pretty)
-        #expect(try Conflist.removing(from: Self.pretty) == nil)
+        #expect(try Self.insert(Self.ours, inserted) == nil)
+        #expect(try Conflist.contains(Array(inserted.utf8)))
+        #expect(try Self.remove(inserted) == Self.pretty)
+        #expect(try Self.remove(Self.pretty) == nil)
     }
 
     @Test("an entry of ours with other settings is replaced, not duplicated")
     func replaced() throws {
-        let old = try #require(try Conflist.inserting(#"{"type":"meshinit","backend":"iptables"}"#, into: Self.pretty))
-        let new = try #require(try Conflist.inserting(Self.ours, into: old))
+        let old = try #require(try Self.insert(#"{"type":"meshinit","backend":"iptables"}"#, Self.pretty))
+        let new = try #require(try Self.insert(Self.ours, old))
         #expect(new.components(separatedBy: "\"meshinit\"").count == 2)
         #expect(new.contains(Self.ours))
     }
@@ -378,20 +386,20 @@ struct ConflistTests {
     @Test("compact files, empty lists, ours first")
     func shapes() throws {
         #expect(
-            try Conflist.inserting(Self.ours, into: #"{"name":"n","plugins":[{"type":"ptp"}]}"#)
+            try Self.insert(Self.ours, #"{"name":"n","plugins":[{"type":"ptp"}]}"#)
                 == #"{"name":"n","plugins":[{"type":"ptp"}, "# + Self.ours + "]}")
-        #expect(try Conflist.inserting(Self.ours, into: #"{"plugins":[]}"#) == #"{"plugins":["# + Self.ours + "]}")
+        #expect(try Self.insert(Self.ours, #"{"plugins":[]}"#) == #"{"plugins":["# + Self.ours + "]}")
         #expect(
-            try Conflist.removing(from: #"{"plugins":["# + Self.ours + #", {"type":"ptp"}]}"#)
+            try Self.remove(#"{"plugins":["# + Self.ours + #", {"type":"ptp"}]}"#)
                 == #"{"plugins":[{"type":"ptp"}]}"#)
-        #expect(try Conflist.removing(from: #"{"plugins":["# + Self.ours + "]}") == #"{"plugins":[]}"#)
+        #expect(try Self.remove(#"{"plugins":["# + Self.ours + "]}") == #"{"plugins":[]}"#)
     }
 
     @Test("what is not a configuration list is refused")
     func refused() {
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: #"{"type":"bridge"}"#) }
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: "{") }
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: #"{"plugins":{}}"#) }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, #"{"type":"bridge"}"#) }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, "{") }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, #"{"plugins":{}}"#) }
     }
 
     @Test("the primary is the first configuration file in lexicographic order")

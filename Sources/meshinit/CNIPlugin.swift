@@ -172,6 +172,8 @@ enum CNIPlugin {
             guard let previous = json["prevResult"], !previous.isNull else {
                 throw CNIError(.invalidConfig, "CHECK needs prevResult (the result of the ADD)")
             }
+            // The same result rules as ADD: a version that cannot be read is refused.
+            _ = try request.addResult()
             let namespace = try openPodNamespace(request.netns)
             switch try PodDecision.decide(request, config) {
             case .skip(let reason):

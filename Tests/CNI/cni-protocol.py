@@ -666,6 +666,8 @@ def check(s):
         s.case(g, "CHECK right after ADD (%s)" % backend, "CHECK", s.conf(backend=backend, **prev), env=path, ok=True)
         s.case(g, "CHECK without prevResult (%s)" % backend, "CHECK", s.conf(backend=backend), env=path, code=7,
                mentions="prevResult")
+        s.case(g, "CHECK with a prevResult of an unknown version (%s)" % backend, "CHECK",
+               s.conf(backend=backend, prevResult={"cniVersion": "9.9.9"}), env=path, code=1)
         s.case(g, "CHECK of a skipped pod (%s)" % backend, "CHECK", s.conf(annotations={}, backend=backend, **prev),
                env=path, ok=True)
         if backend == "nftables":

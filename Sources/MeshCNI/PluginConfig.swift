@@ -22,12 +22,18 @@ public struct PluginConfig: Sendable {
     public var flags: [IstioFlag: ConfigInput.Value] = [:]
     public var excludeNamespaces: [String] = []
     public var backend: Backend = .auto
-    /// Act only on pods with a `sidecar.istio.io/status` annotation (as istio-cni does).
+    /// Act only on pods with a `sidecar.istio.io/status` annotation (as istio-cni does). While
+    /// true, a runtime that passes no annotation map at all fails ADD (it cannot tell which
+    /// pods have a sidecar); false: every pod not excluded is captured, annotations or not.
     public var requireAnnotation = true
     /// Where the one-line-per-call log goes (default: stderr).
     public var logFile: String?
-    /// The pod's annotations (`runtimeConfig["io.kubernetes.cri.pod-annotations"]`).
+    /// The pod's annotations (`runtimeConfig["io.kubernetes.cri.pod-annotations"]`; `null`
+    /// there is an empty map, as containerd passes for a pod without annotations).
     public var annotations: [String: String] = [:]
+    /// Whether the runtime passed the annotation map at all (false: the key is missing from
+    /// `runtimeConfig`, i.e. the runtime does not honour the capability).
+    public var annotationsPassed = false
 
     /// Istio's injected `istio-init` arguments: the defaults of the capture keys.
     public static let injectedDefaults: [IstioFlag: String] = [
@@ -37,31 +43,38 @@ public struct PluginConfig: Sendable {
 
     /// Flags that are capture settings (config keys); the run-mode flags (dry-run, cleanup,
     /// validation, backend choice, logging, namespace) are not: the plugin decides those.
+    /// Nor is `resolv-conf`: the plugin runs on the node, which is not where the pod's
+    /// resolv.conf is (and the runtime writes that file after the network is set up).
     public static let settingFlags: [IstioFlag] = [
         .envoyPort, .inboundCapturePort, .inboundTunnelPort, .proxyUID, .proxyGID, .interceptionMode, .inboundPorts,
         .localExcludePorts, .excludeInterfaces, .serviceCIDR, .serviceExcludeCIDR, .outboundPorts,
         .localOutboundPortsExclude, .kubeVirtInterfaces, .tproxyMark, .tproxyRouteTable, .redirectDNS, .dropInvalid,
-        .dualStack, .captureAllDNS, .ipv6, .resolvConf,
+        .dualStack, .captureAllDNS, .ipv6,
     ]
 
-    /// Keys every CNI network configuration may carry.
+    /// Keys every CNI network configuration may carry (set by the spec or the runtime).
     static let standardKeys: Set<String> = [
         "cniVersion", "name", "type", "capabilities", "runtimeConfig", "prevResult", "args", "dns",
+        "cni.dev/valid-attachments",
     ]
 
     static let annotationsCapability = "io.kubernetes.cri.pod-annotations"
 
-    /// Reads our keys from `config`.
+    /// Reads our keys from `config`, strictly: every key known, every value of its type.
     ///
     /// - Throws: `CNIError` 7 naming a key with a bad value, or an unknown key (a typo must
-    ///   not silently drop a setting).
+    ///   not silently drop a setting), or a setting CNI mode cannot honour (see
+    ///   `checkNodeLookups`).
     public init(_ config: JSONSpan) throws(CNIError) {
         guard case .object(let members) = config.kind else {
             throw CNIError(.invalidConfig, "the network configuration is not an object")
         }
         let flagKeys = Dictionary(Self.settingFlags.map { ($0.long, $0) }, uniquingKeysWith: { a, _ in a })
         for (key, value) in members {
-            if Self.standardKeys.contains(key) { continue }
+            if Self.standardKeys.contains(key) {
+                try Self.checkStandard(key, value)
+                continue
+            }
             if let flag = flagKeys[key] {
                 flags[flag] = ConfigInput.Value(
                     try Self.text(value, key: key, boolean: flag.isBoolean), .configKey(key))
@@ -74,48 +87,159 @@ public struct PluginConfig: Sendable {
                 else {
                     throw CNIError(
                         .invalidConfig,
-                        "invalid value for config key \"excludeNamespaces\": expected an array of strings")
+                        "invalid value for config key \"excludeNamespaces\": expected an array of strings, not \(value.typeName)"
+                    )
                 }
                 excludeNamespaces = names
             case "backend":
                 guard let text = value.string, let parsed = Backend(rawValue: text) else {
                     throw CNIError(
-                        .invalidConfig, "invalid value for config key \"backend\": expected auto, nftables or iptables")
+                        .invalidConfig,
+                        "invalid value \(value.string.map { brief($0) } ?? value.typeName) for config key \"backend\": expected auto, nftables or iptables"
+                    )
                 }
                 backend = parsed
             case "requireAnnotation":
                 guard case .bool(let flag) = value.kind else {
                     throw CNIError(
-                        .invalidConfig, "invalid value for config key \"requireAnnotation\": expected true or false")
+                        .invalidConfig,
+                        "invalid value for config key \"requireAnnotation\": expected true or false, not \(value.typeName)"
+                    )
                 }
                 requireAnnotation = flag
             case "logFile":
-                guard let path = value.string, path.utf8.first == UInt8(ascii: "/") else {
+                guard let path = value.string, Self.isLogPath(path) else {
                     throw CNIError(
-                        .invalidConfig, "invalid value for config key \"logFile\": expected an absolute path")
+                        .invalidConfig,
+                        "invalid value \(value.string.map { brief($0) } ?? value.typeName) for config key \"logFile\": expected an absolute file path"
+                    )
                 }
                 logFile = path
             default:
+                if key == IstioFlag.resolvConf.long {
+                    throw CNIError(
+                        .invalidConfig, "config key \"resolv-conf\" is not a CNI setting",
+                        details:
+                            "the plugin runs on the node, where the pod's resolv.conf is not; use \"capture-all-dns\": true with \"redirect-dns\""
+                    )
+                }
                 if let flag = IstioFlag(long: key) {
                     throw CNIError(
-                        .invalidConfig, "config key \(quoted(key)) is not a capture setting",
+                        .invalidConfig, "config key \(brief(key)) is not a capture setting",
                         details: "\(flag.displayName) is decided by the plugin, not configured")
                 }
-                throw CNIError(.invalidConfig, "unknown config key \(quoted(key))")
+                throw CNIError(.invalidConfig, "unknown config key \(brief(key))")
             }
         }
+        try checkNodeLookups()
         // Annotations arrive only through the declared capability.
-        if let annotations = config["runtimeConfig"]?[Self.annotationsCapability] {
+        switch config["runtimeConfig"]?[Self.annotationsCapability] {
+        case nil:
+            annotationsPassed = false
+        case let annotations? where annotations.isNull:
+            annotationsPassed = true
+        case let annotations?:
             guard case .object(let entries) = annotations.kind else {
-                throw CNIError(.invalidConfig, "runtimeConfig \(quoted(Self.annotationsCapability)) is not an object")
+                throw CNIError(
+                    .invalidConfig,
+                    "runtimeConfig \(quoted(Self.annotationsCapability)) is \(annotations.typeName), not an object")
             }
+            annotationsPassed = true
             for (name, value) in entries {
                 guard let text = value.string else {
-                    throw CNIError(.invalidConfig, "annotation \(name) is not a string")
+                    throw CNIError(.invalidConfig, "annotation \(brief(name)) is \(value.typeName), not a string")
                 }
                 self.annotations[name] = text
             }
         }
+    }
+
+    /// The keys set by the spec or the runtime: each of its type (`null` stands for absent,
+    /// as a Go runtime may write it).
+    static func checkStandard(_ key: String, _ value: JSONSpan) throws(CNIError) {
+        if value.isNull { return }
+        switch key {
+        case "type":
+            guard value.string != nil else {
+                throw CNIError(.invalidConfig, "\"type\" is \(value.typeName), not a string")
+            }
+        case "capabilities":
+            guard case .object(let entries) = value.kind else {
+                throw CNIError(.invalidConfig, "\"capabilities\" is \(value.typeName), not an object")
+            }
+            for (name, flag) in entries {
+                guard case .bool = flag.kind else {
+                    throw CNIError(.invalidConfig, "capability \(brief(name)) is \(flag.typeName), not true or false")
+                }
+            }
+        case "runtimeConfig", "args", "dns", "prevResult":
+            guard case .object = value.kind else {
+                throw CNIError(.invalidConfig, "\(quoted(key)) is \(value.typeName), not an object")
+            }
+        case "cni.dev/valid-attachments":
+            guard case .array(let items) = value.kind else {
+                throw CNIError(.invalidConfig, "\"cni.dev/valid-attachments\" is \(value.typeName), not an array")
+            }
+            for (i, item) in items.enumerated() {
+                guard case .object = item.kind, item["containerID"]?.string != nil, item["ifname"]?.string != nil
+                else {
+                    throw CNIError(
+                        .invalidConfig,
+                        "cni.dev/valid-attachments[\(i)] is not an object with string containerID and ifname")
+                }
+            }
+        default:
+            break  // cniVersion and name: checked with the request
+        }
+    }
+
+    /// What the plugin would have to look up on the node, where the answer is the node's and
+    /// not the pod's: a user or group *name* (the node's /etc/passwd and /etc/group; the
+    /// pod's image may not even have the user), an empty proxy uid (the node's `istio-proxy`),
+    /// and the DNS servers for `redirect-dns` without `capture-all-dns` (the node's
+    /// /etc/resolv.conf). Refused: numeric ids and `capture-all-dns` mean the same in every
+    /// namespace.
+    func checkNodeLookups() throws(CNIError) {
+        for flag in [IstioFlag.proxyUID, .proxyGID] {
+            guard let value = flags[flag] else { continue }
+            let items = splitList(value.text)
+            if flag == .proxyUID, items.isEmpty {
+                throw CNIError(
+                    .invalidConfig,
+                    "invalid value \(brief(value.text)) for config key \(quoted(flag.long)): expected numeric uids",
+                    details: "an empty proxy uid means the node's istio-proxy user, not the pod's")
+            }
+            for item in items where !item.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+                throw CNIError(
+                    .invalidConfig,
+                    "invalid value \(brief(String(item))) for config key \(quoted(flag.long)): expected numeric \(flag == .proxyUID ? "uids" : "gids")",
+                    details:
+                        "a name would resolve against the node's /etc/\(flag == .proxyUID ? "passwd" : "group"), not the pod's"
+                )
+            }
+        }
+        if let redirect = flags[.redirectDNS], parseGoBool(redirect.text) == true,
+            parseGoBool(flags[.captureAllDNS]?.text ?? "false") != true
+        {
+            throw CNIError(
+                .invalidConfig, "config key \"redirect-dns\" needs \"capture-all-dns\": true in CNI mode",
+                details:
+                    "without it the DNS servers to capture come from /etc/resolv.conf, which the plugin would read on the node, not in the pod"
+            )
+        }
+    }
+
+    /// An absolute path to a file: no NUL, not a directory name, at most PATH_MAX.
+    static func isLogPath(_ path: String) -> Bool {
+        path.utf8.first == UInt8(ascii: "/") && path.utf8.last != UInt8(ascii: "/") && !path.utf8.contains(0)
+            && path.utf8.count < 4096
+    }
+
+    /// The `logFile` of a configuration that may be invalid otherwise (so that an error about
+    /// it is still logged where the node's operator looks), or nil.
+    public static func logFile(of config: JSONSpan?) -> String? {
+        guard let path = config?["logFile"]?.string, isLogPath(path) else { return nil }
+        return path
     }
 
     /// A key's value as flag text: a string as is, a number as written, a boolean for a
@@ -133,14 +257,16 @@ public struct PluginConfig: Sendable {
                 case .number(let n): parts.append(n)
                 default:
                     throw CNIError(
-                        .invalidConfig, "invalid value for config key \(quoted(key)): expected strings or numbers")
+                        .invalidConfig,
+                        "invalid value for config key \(quoted(key)): expected strings or numbers in the list, not \(item.typeName)"
+                    )
                 }
             }
             return parts.joined(separator: ",")
         default:
             throw CNIError(
                 .invalidConfig,
-                "invalid value for config key \(quoted(key)): expected \(boolean ? "true or false" : "a string, number or list")"
+                "invalid value for config key \(quoted(key)): expected \(boolean ? "true or false" : "a string, number or list"), not \(value.typeName)"
             )
         }
     }
@@ -180,10 +306,21 @@ public enum PodDecision: Sendable {
     /// Istio's rules for acting on a pod (istio-cni's), and the values it gets: Istio's
     /// injected defaults < config keys < annotations, with 15020,15021,15090 always excluded
     /// inbound.
-    public static func decide(_ request: CNIRequest, _ config: PluginConfig) -> PodDecision {
-        if request.netns.isEmpty { return .skip("no network namespace (host network)") }
+    ///
+    /// - Throws: `CNIError` 7 when the runtime passed no annotation map while
+    ///   `requireAnnotation` is on: whether the pod has a sidecar cannot be known, and
+    ///   guessing "no" would start every sidecar pod uncaptured.
+    public static func decide(_ request: CNIRequest, _ config: PluginConfig) throws(CNIError) -> PodDecision {
         if let namespace = request.podNamespace, config.excludeNamespaces.contains(namespace) {
             return .skip("namespace \(namespace) is excluded")
+        }
+        if !config.annotationsPassed && config.requireAnnotation {
+            throw CNIError(
+                .invalidConfig,
+                "the runtime passed no pod annotations (capability \"\(PluginConfig.annotationsCapability)\")",
+                details:
+                    "runtimeConfig has no \"\(PluginConfig.annotationsCapability)\": declare it in \"capabilities\" and use a runtime that honours it (containerd, CRI-O), or set \"requireAnnotation\": false to capture every pod"
+            )
         }
         if let reason = skipReason(annotations: config.annotations, config) { return .skip(reason) }
         return .capture(input(config))

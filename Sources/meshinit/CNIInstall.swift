@@ -58,6 +58,19 @@ struct CNIInstall: ParsableCommand {
     @Flag(name: .customLong("uninstall-on-exit"), help: "With --watch: remove the entry and the binary on SIGTERM.")
     var uninstallOnExit = false
 
+    @Option(
+        name: .customLong("failure-timeout"),
+        help: ArgumentHelp(
+            "With --watch: exit non-zero once the primary configuration cannot be edited for this long (a single-plugin .conf, broken JSON), so the failure shows (the DaemonSet restarts the pod).",
+            valueName: "seconds"))
+    var failureTimeout = 10
+
+    func validate() throws {
+        guard failureTimeout >= 1, failureTimeout <= 86400 else {
+            throw ValidationError("invalid value \(failureTimeout) for --failure-timeout: expected 1-86400 seconds")
+        }
+    }
+
     func run() throws {
         let log = Logger(level: .info, json: false)
         let entry = try Self.entry(config)
@@ -79,15 +92,31 @@ struct CNIInstall: ParsableCommand {
             throw CommandFailure(status: .failure, message: error.description)
         }
         log.info("watching \(paths.confDir)")
+        var failingSince: Int64?
         while true {
+            // A periodic look too, in case an event was missed.
+            var wait: Int32 = 60_000
             do {
                 _ = try Self.ensureChained(entry, in: paths.confDir, log: log)
+                if failingSince != nil { log.info("the primary configuration can be edited again") }
+                failingSince = nil
             } catch let failure as CommandFailure {
-                // A primary we cannot edit now (half-written, or not a list): try again later.
-                log.warn(failure.message)
+                // A primary being rewritten may be half-written for a moment: look again soon;
+                // one that stays uneditable means new pods start without capture, so exit
+                // non-zero and let it show (a restart, the DaemonSet's status, its log).
+                let now = CNIPlugin.monotonicMicroseconds() / 1000
+                let since = failingSince ?? now
+                if failingSince == nil { log.warn("\(failure.message) (trying again for \(failureTimeout) s)") }
+                failingSince = since
+                if now - since >= Int64(failureTimeout) * 1000 {
+                    throw CommandFailure(
+                        status: failure.status,
+                        message:
+                            "\(failure.message) (for \(failureTimeout) s: new pods on this node start without capture)")
+                }
+                wait = 250
             }
-            // A periodic look too, in case an event was missed.
-            if watcher.wait(milliseconds: 60_000) == .stop { break }
+            if watcher.wait(milliseconds: wait) == .stop { break }
         }
         log.info("stopping")
         if uninstallOnExit { try CNIUninstall.remove(paths, log: log) }
@@ -96,12 +125,12 @@ struct CNIInstall: ParsableCommand {
     /// Our `.conflist` entry, as compact JSON: `type` first, the given keys, and the
     /// pod-annotations capability (so containerd and CRI-O pass the annotations).
     static func entry(_ text: String) throws -> String {
-        var source = text
+        var source = Array(text.utf8)
         if text.hasPrefix("@") {
             do {
-                source = String(decoding: try Files.read(String(text.dropFirst())), as: UTF8.self)
+                source = try FileEdit.read(String(text.dropFirst()), limit: 1 << 20)
             } catch {
-                throw CommandFailure(status: .usage, message: "--config: \(error)")
+                throw CommandFailure(status: .usage, message: "--config \(quoted(text)): \(error)")
             }
         }
         let parsed: JSONSpan
@@ -117,7 +146,7 @@ struct CNIInstall: ParsableCommand {
         var capabilities: [(String, JSONValue)] = [("io.kubernetes.cri.pod-annotations", .bool(true))]
         for (key, value) in members {
             switch key {
-            case "type", "cniVersion", "name", "prevResult", "runtimeConfig":
+            case "type", "cniVersion", "name", "prevResult", "runtimeConfig", "args", "cni.dev/valid-attachments":
                 throw CommandFailure(
                     status: .usage, message: "--config: \(quoted(key)) is set by the runtime, not here")
             case "capabilities":
@@ -138,21 +167,22 @@ struct CNIInstall: ParsableCommand {
             let config = try PluginConfig(
                 try JSONParser.parse("{\"cniVersion\":\"1.1.0\",\"name\":\"check\"," + entry.dropFirst()))
             // And their values, as they resolve for a pod without annotations.
-            _ = try ConfigResolver(system: HostLookup()).resolve(PodDecision.input(config))
+            _ = try ConfigResolver(system: PodLookup(live: false)).resolve(PodDecision.input(config))
         } catch let error as CNIError {
             throw CommandFailure(status: .usage, message: "--config: \(error)")
         } catch let error as ConfigError {
-            throw CommandFailure(status: .usage, message: "--config: \(error)")
+            throw CommandFailure(status: .usage, message: "--config: \(CNIError(error).message)")
         }
         return entry
     }
 
-    /// Copies this binary to `path` (atomically), unless it is already there byte for byte.
+    /// Copies this binary to `path` (atomically, through a temporary file of its own), unless
+    /// it is already there byte for byte.
     static func copyBinary(to path: String, log: Logger) throws {
         do {
             let own = try Files.read(try Files.ownExecutable())
             if let current = try? Files.read(path), current == own { return }
-            try Files.replace(path, with: own, mode: 0o755)
+            _ = try FileEdit.replace(path, expecting: nil, with: own, mode: 0o755)
             log.info("installed \(path)")
         } catch {
             throw CommandFailure(
@@ -161,28 +191,65 @@ struct CNIInstall: ParsableCommand {
         }
     }
 
+    /// How often an edit is tried again when the file changed under it.
+    static let editAttempts = 5
+
     /// Puts `entry` at the end of the primary `.conflist`'s plugins, if it is not there.
-    /// Returns false when the directory has no configuration yet.
+    /// Returns false when the directory has no configuration yet. The edit is on the file's
+    /// bytes and only lands if the file still holds what it was derived from (a primary CNI
+    /// rewriting its file meanwhile is not reverted: the new file is edited instead).
     @discardableResult
     static func ensureChained(_ entry: String, in directory: String, log: Logger) throws -> Bool {
-        let names: [String]
-        do {
-            names = try Files.list(directory)
-        } catch {
-            throw CommandFailure(status: .failure, message: error.description)
+        for _ in 0..<editAttempts {
+            let names: [String]
+            do {
+                names = try Files.list(directory)
+            } catch {
+                throw CommandFailure(status: .failure, message: error.description)
+            }
+            guard let primary = Conflist.primary(among: names) else { return false }
+            let path = directory + "/" + primary
+            switch try edit(path, { bytes throws(ConflistError) in try Conflist.inserting(entry, into: bytes) }) {
+            case .unchanged: return true
+            case .edited:
+                log.info("chained meshinit into \(path)")
+                return true
+            case .changedMeanwhile, .vanished:
+                log.info("\(path) changed while meshinit edited it: reading it again")
+            }
         }
-        guard let primary = Conflist.primary(among: names) else { return false }
-        let path = directory + "/" + primary
+        throw CommandFailure(
+            status: .temporary,
+            message: "\(directory): the primary configuration kept changing while meshinit edited it")
+    }
+
+    enum EditOutcome { case unchanged, edited, changedMeanwhile, vanished }
+
+    /// One compare-and-swap edit of `path`.
+    static func edit(_ path: String, _ change: ([UInt8]) throws(ConflistError) -> [UInt8]?) throws -> EditOutcome {
+        let bytes: [UInt8]
         do {
-            let text = String(decoding: try Files.read(path), as: UTF8.self)
-            guard let updated = try Conflist.inserting(entry, into: text) else { return true }
-            try Files.replace(path, with: Array(updated.utf8), mode: Files.mode(path) ?? 0o644)
-            log.info("chained meshinit into \(path)")
-            return true
-        } catch let error as ConflistError {
+            bytes = try FileEdit.read(path, limit: 4 << 20)
+        } catch {
+            if case .system(let e) = error, e.errno == ENOENT { return .vanished }
             throw CommandFailure(status: .failure, message: "\(path): \(error)")
-        } catch let error as SystemCallError {
-            throw CommandFailure(status: .failure, message: error.description)
+        }
+        let updated: [UInt8]?
+        do {
+            updated = try change(bytes)
+        } catch {
+            throw CommandFailure(status: .failure, message: "\(path): \(error)")
+        }
+        guard let updated else { return .unchanged }
+        do {
+            switch try FileEdit.replace(path, expecting: bytes, with: updated, mode: Files.mode(path) ?? 0o644) {
+            case .replaced: return .edited
+            case .changed: return .changedMeanwhile
+            }
+        } catch {
+            throw CommandFailure(
+                status: error.errno == EACCES || error.errno == EPERM ? .permission : .failure,
+                message: error.description)
         }
     }
 }
@@ -197,24 +264,64 @@ struct CNIUninstall: ParsableCommand {
 
     func run() throws { try Self.remove(paths, log: Logger(level: .info, json: false)) }
 
+    /// Our entry removed from every configuration in the directory (the primary, and any
+    /// other that chains meshinit: the runtime may switch to it); the binary only once none
+    /// is left, since a configuration that still names meshinit fails every pod without it.
     static func remove(_ paths: CNIPaths, log: Logger) throws {
-        do {
-            if let primary = Conflist.primary(among: (try? Files.list(paths.confDir)) ?? []) {
-                let path = paths.confDir + "/" + primary
-                let text = String(decoding: try Files.read(path), as: UTF8.self)
-                if let updated = try Conflist.removing(from: text) {
-                    try Files.replace(path, with: Array(updated.utf8), mode: Files.mode(path) ?? 0o644)
-                    log.info("removed meshinit from \(path)")
-                }
+        var problems: [String] = []
+        let names = (try? Files.list(paths.confDir)) ?? []
+        for name in names.filter(Conflist.isConfiguration).sorted() {
+            let path = paths.confDir + "/" + name
+            do {
+                if try removeEntry(path) { log.info("removed meshinit from \(path)") }
+            } catch let failure as CommandFailure {
+                problems.append(failure.message)
             }
+        }
+        guard problems.isEmpty else {
+            throw CommandFailure(
+                status: .failure,
+                message:
+                    "\(problems.joined(separator: "; ")); \(paths.plugin) is kept (a configuration naming meshinit fails every pod without it)"
+            )
+        }
+        do {
             if Files.exists(paths.plugin) {
                 try Files.remove(paths.plugin)
                 log.info("removed \(paths.plugin)")
             }
-        } catch let error as ConflistError {
-            throw CommandFailure(status: .failure, message: error.description)
-        } catch let error as SystemCallError {
+        } catch {
             throw CommandFailure(status: .failure, message: error.description)
         }
+    }
+
+    /// Removes our entries from one configuration; true if it had any.
+    static func removeEntry(_ path: String) throws -> Bool {
+        for _ in 0..<CNIInstall.editAttempts {
+            var ours = false
+            let outcome = try CNIInstall.edit(path) { bytes throws(ConflistError) in
+                if Conflist.isOurSinglePlugin(bytes) {
+                    throw ConflistError(
+                        "a single-plugin configuration of meshinit (not ours to delete: remove it yourself)")
+                }
+                do {
+                    let updated = try Conflist.removing(from: bytes)
+                    ours = updated != nil
+                    return updated
+                } catch {
+                    // Not a list we can read: it must not be one that chains us.
+                    if bytes.firstRange(of: Array("meshinit".utf8)) != nil {
+                        throw ConflistError("\(error), and it mentions meshinit: cannot tell whether it chains it")
+                    }
+                    return nil
+                }
+            }
+            switch outcome {
+            case .unchanged, .vanished: return false
+            case .edited: return ours
+            case .changedMeanwhile: continue
+            }
+        }
+        throw CommandFailure(status: .temporary, message: "\(path) kept changing while meshinit edited it")
     }
 }

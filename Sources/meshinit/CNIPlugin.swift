@@ -2,6 +2,7 @@ import MeshCNI
 import MeshConfig
 import MeshIptables
 import MeshModel
+import MeshNetlink
 import MeshPlanner
 import MeshSystem
 
@@ -13,8 +14,20 @@ import MeshSystem
 /// `meshinit`, from CNI_PATH) with `CNI_COMMAND` set and the network configuration on stdin.
 /// stdout carries only the result or the error JSON; the one log line per call goes to the
 /// configuration's `logFile`, or stderr.
+///
+/// Capture fails closed: ADD refuses what it cannot install exactly (a bad key or annotation,
+/// no annotation map while the config requires the status annotation, the node's own
+/// namespace, a lookup that would read the node instead of the pod). Teardown fails open: DEL
+/// reads only what it needs, succeeds when the namespace is gone or holds nothing of ours,
+/// and otherwise removes what it can and names what it could not.
 enum CNIPlugin {
     static let variables = ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"]
+
+    /// stdin larger than this is refused (a network configuration with its annotations is
+    /// kilobytes; Kubernetes caps a pod's annotations at 256 KiB).
+    static let stdinLimit = 4 << 20
+    /// A runtime closes stdin once written: waiting longer than this is a broken runtime.
+    static let stdinSeconds = 30
 
     /// Whether the runtime invoked us as a plugin.
     static var invoked: Bool { getenv("CNI_COMMAND") != nil }
@@ -30,30 +43,51 @@ enum CNIPlugin {
         let status: Int32
         var stdin: [UInt8] = []
         do {
-            stdin = try Files.readAll(0)
+            stdin = try readInput(environment["CNI_COMMAND"], &call)
             let request = try CNIRequest.parse(environment: environment, stdin: stdin)
             call.request = request
+            call.logFile = PluginConfig.logFile(of: request.config)
             let output = try perform(request, &call)
             writeStandardOutput(output)
             status = 0
-        } catch let error as CNIError {
-            call.verdict = "error \(error.code.rawValue): \(error)"
-            writeStandardOutput(error.json(cniVersion: call.request?.cniVersion ?? Self.version(of: stdin)))
-            status = 1
         } catch {
-            let failure = CNIError(.ioFailure, "cannot read the network configuration", details: "\(error)")
-            call.verdict = "error \(failure.code.rawValue): \(failure)"
-            writeStandardOutput(failure.json(cniVersion: CNIVersion.current))
+            if call.logFile == nil {
+                call.logFile = PluginConfig.logFile(of: try? JSONParser.parse(stdin, options: .lenient))
+            }
+            let (message, details) = error.bounded
+            call.verdict = "error \(error.code.rawValue): \(message)"
+            call.details.insert(details, at: 0)
+            writeStandardOutput(error.json(cniVersion: call.request?.cniVersion ?? Self.version(of: stdin)))
             status = 1
         }
         call.log(durationMicroseconds: monotonicMicroseconds() - started)
         return status
     }
 
+    /// stdin, bounded in size and time. VERSION needs none of it and DEL can do without it.
+    static func readInput(_ command: String?, _ call: inout Call) throws(CNIError) -> [UInt8] {
+        do {
+            return try FileEdit.readAll(0, limit: stdinLimit, seconds: stdinSeconds)
+        } catch {
+            if command == "VERSION" || command == "DEL" {
+                call.details.append("stdin ignored: \(error)")
+                return []
+            }
+            switch error {
+            case .tooLarge:
+                throw CNIError(
+                    .invalidConfig, "the network configuration on stdin is larger than \(stdinLimit >> 20) MiB")
+            case .timedOut, .system:
+                throw CNIError(.ioFailure, "cannot read the network configuration on stdin", details: "\(error)")
+            }
+        }
+    }
+
     /// The configuration's cniVersion, for an error found before the request was read whole
     /// (errors are written in the version the runtime asked for, where it is known).
     static func version(of stdin: [UInt8]) -> String {
-        guard let text = (try? JSONParser.parse(stdin))?["cniVersion"]?.string, CNIVersion.supported.contains(text)
+        guard let text = (try? JSONParser.parse(stdin, options: .lenient))?["cniVersion"]?.string,
+            CNIVersion.supported.contains(text)
         else { return CNIVersion.current }
         return text
     }
@@ -64,25 +98,36 @@ enum CNIPlugin {
         var request: CNIRequest?
         var logFile: String?
         var verdict = ""
+        /// More about the verdict: what was rolled back, what DEL ignored.
+        var details: [String] = []
 
-        /// `{"time":…,"command":…,"containerID":…,"pod":…,"netns":…,"verdict":…,"durationMs":…}`.
+        /// `{"time":…,"command":…,"containerID":…,"pod":…,"netns":…,"verdict":…,"durationMs":…}`,
+        /// each value bounded (a hostile container id or error does not make a huge line).
         func log(durationMicroseconds: Int64) {
             let milliseconds =
                 "\(durationMicroseconds / 1000).\(String(1000 + durationMicroseconds % 1000).dropFirst())"
-            let line =
-                JSONValue.object([
-                    ("time", .string(Logger.timestamp())), ("plugin", .string("meshinit")),
-                    ("command", .string(environment["CNI_COMMAND"] ?? "")),
-                    ("containerID", .string(environment["CNI_CONTAINERID"] ?? "")),
-                    ("pod", .string(request?.pod ?? "?")), ("netns", .string(environment["CNI_NETNS"] ?? "")),
-                    ("verdict", .string(verdict)), ("durationMs", .numberText(milliseconds)),
-                ]).serialized + "\n"
+            func field(_ text: String, _ limit: Int = 256) -> JSONValue { .string(truncated(text, limit)) }
+            var fields: [(String, JSONValue)] = [
+                ("time", .string(Logger.timestamp())), ("plugin", .string("meshinit")),
+                ("command", field(environment["CNI_COMMAND"] ?? "")),
+                ("containerID", field(environment["CNI_CONTAINERID"] ?? "")),
+                ("pod", field(request?.pod ?? "?")), ("netns", field(environment["CNI_NETNS"] ?? "")),
+                ("verdict", field(verdict, CNIError.messageLimit + 64)),
+            ]
+            let more = (details + (request?.ignored.map { "ignored: \($0)" } ?? [])).filter { !$0.isEmpty }
+            if !more.isEmpty { fields.append(("details", field(more.joined(separator: "; "), CNIError.detailsLimit))) }
+            fields.append(("durationMs", .numberText(milliseconds)))
+            let line = JSONValue.object(fields).serialized + "\n"
             if let logFile, let fd = try? Files.openForAppend(logFile) {
                 writeAll(line, to: fd)
                 close(fd)
             } else {
                 writeStandardError(line)
             }
+        }
+
+        func truncated(_ text: String, _ limit: Int) -> String {
+            text.utf8.count <= limit ? text : String(text.prefix(limit)) + "…"
         }
     }
 
@@ -91,68 +136,120 @@ enum CNIPlugin {
         case .version:
             call.verdict = "version"
             return request.versionResult()
-        case .status:
-            // Ready whenever the binary runs: it needs no daemon, API server or binary.
-            call.verdict = "ready"
+        case .del:
+            call.verdict = try delete(request, &call)
             return ""
-        case .gc:
-            // Our state lives in each pod's namespace and goes with it: nothing to collect.
-            call.verdict = "nothing to collect"
-            return ""
-        case .add, .check, .del:
+        case .status, .gc, .add, .check:
             break
         }
         guard let json = request.config else { throw CNIError(.decodingFailure, "no network configuration on stdin") }
         let config = try PluginConfig(json)
         call.logFile = config.logFile
         switch request.command {
+        case .status:
+            try status(config)
+            call.verdict = "ready"
+            return ""
+        case .gc:
+            // Our state lives in each pod's namespace and goes with it: nothing to collect.
+            var valid = 0
+            if case .array(let items)? = json["cni.dev/valid-attachments"]?.kind { valid = items.count }
+            call.verdict = "nothing to collect (\(valid) valid attachments; our rules live in each pod's namespace)"
+            return ""
         case .add:
-            switch PodDecision.decide(request, config) {
+            // The result first: a prevResult that cannot be answered installs nothing.
+            let result = try request.addResult()
+            let namespace = try openPodNamespace(request.netns)
+            switch try PodDecision.decide(request, config) {
             case .skip(let reason):
                 call.verdict = "skipped: \(reason)"
             case .capture(let input):
-                call.verdict = try add(request, config, input)
+                if !config.annotationsPassed { call.details.append("the runtime passed no annotations") }
+                call.verdict = try add(namespace, config, input, &call)
             }
-            return request.passThroughResult()
+            return result
         case .check:
-            switch PodDecision.decide(request, config) {
+            guard let previous = json["prevResult"], !previous.isNull else {
+                throw CNIError(.invalidConfig, "CHECK needs prevResult (the result of the ADD)")
+            }
+            // The same result rules as ADD: a version that cannot be read is refused.
+            _ = try request.addResult()
+            let namespace = try openPodNamespace(request.netns)
+            switch try PodDecision.decide(request, config) {
             case .skip(let reason):
                 call.verdict = "skipped: \(reason)"
             case .capture(let input):
-                try check(request, config, input)
+                try check(namespace, config, input)
                 call.verdict = "rules match the plan"
             }
             return ""
-        default:
-            call.verdict = try delete(request)
+        case .del, .version:
             return ""
         }
     }
 
-    /// ADD: the plan `meshinit plan` gives for the same values, installed in the pod's
-    /// namespace. On any failure nothing of ours is left there.
-    static func add(_ request: CNIRequest, _ config: PluginConfig, _ input: ConfigInput) throws(CNIError) -> String {
-        let (context, plan) = try prepare(request, config, input)
-        var used = RulesBackend.netlink
+    /// `CNI_NETNS`, opened once and checked: a network namespace, and not the node's own.
+    static func openPodNamespace(_ path: String) throws(CNIError) -> NetworkNamespaceHandle {
+        let namespace: NetworkNamespaceHandle
         do {
+            namespace = try NetworkNamespaceHandle.open(path)
+        } catch {
+            switch error {
+            case .missing: throw CNIError(.namespace, "network namespace \(brief(path)) does not exist")
+            case .notNetworkNamespace:
+                throw CNIError(.invalidEnvironment, "CNI_NETNS \(brief(path)) is not a network namespace")
+            case .system(let e):
+                throw CNIError(e.errno == EPERM || e.errno == EACCES ? .permission : .namespace, e.description)
+            }
+        }
+        for (what, identity) in NetworkNamespaceHandle.nodeNamespaces() where identity == namespace.identity {
+            throw CNIError(
+                .invalidEnvironment, "CNI_NETNS \(brief(path)) is \(what): refusing to install capture there",
+                details: "a pod's rules go into the pod's own network namespace; host-network pods get none")
+        }
+        return namespace
+    }
+
+    /// ADD: the plan `meshinit plan` gives for the same values, installed in the pod's
+    /// namespace. On any failure everything of ours is removed again, every step tried, and
+    /// what could not be removed is named in the error.
+    static func add(
+        _ namespace: NetworkNamespaceHandle, _ config: PluginConfig, _ input: ConfigInput, _ call: inout Call
+    ) throws(CNIError) -> String {
+        let (context, plan) = try prepare(namespace, config, input)
+        if config.backend == .iptables { try requireIptables(context, families: plan.families) }
+        var used = RulesBackend.netlink
+        var rollback: CNIRemoval?
+        let outcome = Result { () throws -> Void in
             let lock = try lockNamespace(context)
             defer { withExtendedLifetime(lock) {} }
             do {
                 used = try applyPlan(plan, context, backend: config.backendRequest)
             } catch {
                 // Nothing half-installed: remove whatever of ours this namespace holds now.
-                _ = try? executeCleanup(try planCleanup(context), context)
+                rollback = CNIRemoval.run(context)
                 throw error
             }
-        } catch {
-            throw cniError(error)
+        }
+        if case .failure(let error) = outcome {
+            var failure = cniError(error)
+            if let rollback {
+                let summary = "rollback: \(rollback.summary)"
+                call.details.append(summary)
+                failure.details = failure.details.isEmpty ? summary : failure.details + "; " + summary
+                if !rollback.failures.isEmpty { failure.message += " (and rules of ours remain: see details)" }
+            }
+            throw failure
         }
         return "installed (\(used == .iptables ? "iptables" : "nftables"))"
     }
 
     /// CHECK: `verify` — the installed rules must be the plan.
-    static func check(_ request: CNIRequest, _ config: PluginConfig, _ input: ConfigInput) throws(CNIError) {
-        let (context, plan) = try prepare(request, config, input)
+    static func check(_ namespace: NetworkNamespaceHandle, _ config: PluginConfig, _ input: ConfigInput)
+        throws(CNIError)
+    {
+        let (context, plan) = try prepare(namespace, config, input)
+        if config.backend == .iptables { try requireIptables(context, families: plan.families) }
         let differences: [String]
         do {
             differences = try verifyPlan(plan, context, backend: config.backendRequest)
@@ -166,45 +263,116 @@ enum CNIPlugin {
         }
     }
 
-    /// DEL: everything of ours removed if the namespace is still there; success if not.
-    static func delete(_ request: CNIRequest) throws(CNIError) -> String {
-        guard !request.netns.isEmpty, Files.exists(request.netns) else {
-            return "nothing to remove: the network namespace is gone"
+    /// DEL: everything of ours removed if the namespace is still there; success if it is not,
+    /// or if it is not a pod's namespace (nothing is ever removed from the node's).
+    static func delete(_ request: CNIRequest, _ call: inout Call) throws(CNIError) -> String {
+        let path = request.netns
+        guard !path.isEmpty else { return "nothing to remove: no network namespace given" }
+        guard path.utf8.first == UInt8(ascii: "/"), !path.utf8.contains(0) else {
+            return "nothing done: CNI_NETNS \(brief(path)) is not an absolute path"
+        }
+        let namespace: NetworkNamespaceHandle
+        do {
+            namespace = try NetworkNamespaceHandle.open(path)
+        } catch {
+            switch error {
+            case .missing: return "nothing to remove: the network namespace is gone"
+            case .notNetworkNamespace: return "nothing to remove: \(brief(path)) is not a network namespace"
+            case .system(let e):
+                throw CNIError(e.errno == EPERM || e.errno == EACCES ? .permission : .namespace, e.description)
+            }
+        }
+        for (what, identity) in NetworkNamespaceHandle.nodeNamespaces() where identity == namespace.identity {
+            return "nothing done: CNI_NETNS \(brief(path)) is \(what), which holds no pod's rules"
         }
         do {
-            try enterNetworkNamespace(request.netns)
+            try namespace.enter()
         } catch {
-            if error.errno == ENOENT { return "nothing to remove: the network namespace is gone" }
-            throw CNIError(.namespace, error.description)
+            throw CNIError(error.errno == EPERM ? .permission : .namespace, error.description)
         }
         var context = Context(Settings(), environment: .current())
         context.log = Logger(level: .none, json: false, descriptor: 2)
+        let removal: CNIRemoval
         do {
-            let removed = try cleanEverything(context)
-            return removed.isEmpty ? "nothing of ours installed" : "removed \(removed.joined(separator: "; "))"
+            let lock = try lockNamespace(context)
+            defer { withExtendedLifetime(lock) {} }
+            removal = CNIRemoval.run(context)
         } catch {
             throw cniError(error)
+        }
+        call.details += removal.notes
+        guard let first = removal.failures.first else {
+            return removal.removed.isEmpty
+                ? "nothing of ours installed" : "removed \(removal.removed.joined(separator: "; "))"
+        }
+        var error = cniError(first)
+        error.message =
+            "could not remove every rule of meshinit from \(brief(path)) (\(removal.failures.count) failed)"
+        error.details = removal.summary
+        throw error
+    }
+
+    /// STATUS: ready when an ADD with this configuration can work on this node — the
+    /// configuration valid (a pod without annotations resolves), and the backend there.
+    static func status(_ config: PluginConfig) throws(CNIError) {
+        let settings: Settings
+        do {
+            settings = try ConfigResolver(system: PodLookup(live: false)).resolve(PodDecision.input(config))
+        } catch {
+            throw CNIError(error)
+        }
+        var context = Context(settings, environment: .current())
+        context.log = Logger(level: .none, json: false, descriptor: 2)
+        if config.backend == .iptables {
+            let ipv6Off = settings.run.ipv6Choice == .off
+            do {
+                try requireIptables(context, families: ipv6Off ? [.ipv4] : [.ipv4, .ipv6])
+            } catch {
+                throw CNIError(.notAvailable, error.message, details: error.details)
+            }
+        } else {
+            do {
+                _ = try context.sockets.get()
+            } catch {
+                throw CNIError(
+                    .notAvailable, "backend \"\(config.backend.rawValue)\": no nf_tables netlink (\(error))",
+                    details: "the kernel needs nf_tables; or set \"backend\": \"iptables\" where iptables works")
+            }
+        }
+    }
+
+    /// The iptables backend's binaries, checked before anything is done (the message names
+    /// the config key, not the command-line flag).
+    static func requireIptables(_ context: Context, families: [Family]) throws(CNIError) {
+        for family in families {
+            do {
+                _ = try context.iptables.tools(for: family)
+            } catch {
+                let tool = family == .ipv4 ? "iptables" : "ip6tables"
+                throw CNIError(
+                    .unavailable, "backend \"iptables\": no \(tool)-restore in PATH",
+                    details:
+                        "install iptables on the node, or set \"backend\": \"nftables\" (the netlink backend needs no binary)"
+                )
+            }
         }
     }
 
     /// Enters the pod's namespace, resolves the values (IPv6 detection sees the pod's
     /// interfaces) and plans.
-    static func prepare(_ request: CNIRequest, _ config: PluginConfig, _ input: ConfigInput) throws(CNIError) -> (
-        Context, Plan
-    ) {
-        guard Files.exists(request.netns) else {
-            throw CNIError(.namespace, "network namespace \(request.netns) does not exist")
-        }
+    static func prepare(_ namespace: NetworkNamespaceHandle, _ config: PluginConfig, _ input: ConfigInput)
+        throws(CNIError) -> (Context, Plan)
+    {
         do {
-            try enterNetworkNamespace(request.netns)
+            try namespace.enter()
         } catch {
-            throw CNIError(.namespace, error.description)
+            throw CNIError(error.errno == EPERM ? .permission : .namespace, error.description)
         }
         let settings: Settings
         do {
-            settings = try ConfigResolver(system: HostLookup()).resolve(input)
+            settings = try ConfigResolver(system: PodLookup(live: true)).resolve(input)
         } catch {
-            throw CNIError(.invalidConfig, error.description)
+            throw CNIError(error)
         }
         var context = Context(settings, environment: .current())
         context.log = Logger(level: .none, json: false, descriptor: 2)
@@ -214,6 +382,10 @@ enum CNIPlugin {
     /// A command failure as a CNI error.
     static func cniError(_ error: any Error) -> CNIError {
         guard let failure = error as? CommandFailure else { return CNIError(.installFailed, "\(error)") }
+        return cniError(failure)
+    }
+
+    static func cniError(_ failure: CommandFailure) -> CNIError {
         let code: CNIErrorCode =
             switch failure.status {
             case .usage: .invalidConfig
@@ -223,7 +395,14 @@ enum CNIPlugin {
             case .drift: .drift
             case .ok, .failure, .validation: .installFailed
             }
-        return CNIError(code, failure.message)
+        return CNIError(code, configKeyAdvice(failure.message))
+    }
+
+    /// Advice written for the command line, in the plugin's terms (its settings are config
+    /// keys, not flags).
+    static func configKeyAdvice(_ message: String) -> String {
+        message.replacing("use --ipv6=off", with: "set \"ipv6\": \"off\"")
+            .replacing("use --native-nftables", with: "set \"backend\": \"nftables\"")
     }
 
     static func monotonicMicroseconds() -> Int64 {
@@ -231,4 +410,19 @@ enum CNIPlugin {
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
     }
+}
+
+/// The resolver's view of the system in CNI mode. The plugin runs on the node: the node's
+/// passwd, group and resolv.conf are not the pod's, so nothing is looked up by name or read
+/// from a file (`PluginConfig` refuses what would need it). IPv6 detection reads the
+/// interfaces of the namespace the plugin is in — the pod's, once entered (`live`); STATUS
+/// resolves without entering one and detects nothing.
+struct PodLookup: SystemLookup {
+    var live: Bool
+
+    func userID(named name: String) -> UInt32? { nil }
+    func groupID(named name: String) -> UInt32? { nil }
+    func detectIPv6(dualStack: Bool) -> Bool? { live ? LiveSystem().detectIPv6(dualStack: dualStack) : false }
+    func loopbackHasIPv6() -> Bool { live ? LiveSystem().loopbackHasIPv6() : false }
+    func readFile(_ path: String) -> String? { nil }
 }

@@ -259,7 +259,7 @@ class Env:
 class Pod:
     counter = 0
 
-    def __init__(self, env, conflist, namespace="default", annotations=None, name=None):
+    def __init__(self, env, conflist, namespace="default", annotations=None, name=None, caps=None):
         Pod.counter += 1
         self.env = env
         self.ns = "%s-pod%d" % (PREFIX, Pod.counter)
@@ -269,7 +269,8 @@ class Pod:
         self.namespace = namespace
         self.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=%s" % (
             namespace, self.name, self.cid)
-        self.caps = {ANNOTATIONS_CAP: dict(annotations if annotations is not None else ISTIO_ANNOTATIONS)}
+        self.caps = caps if caps is not None else {
+            ANNOTATIONS_CAP: dict(annotations if annotations is not None else ISTIO_ANNOTATIONS)}
         self.rt = env.runtime(conflist)
         self.lo = env.loopback_runtime()
         self.procs = []
@@ -727,6 +728,54 @@ def error_paths(env, backend):
         nothing_ours(pod.ns, "after the kernel refused part of the install")
         pod.delete()
         pod.deleted = True
+
+
+def torn_down(pod, lease, what):
+    """The runtime's DEL went through the whole chain: eth0 and the host-local lease gone."""
+    if "eth0" in in_ns(pod.ns, ["ip", "link"]).stdout:
+        raise Failure("%s: eth0 still there after DEL (the bridge's DEL did not run)" % what)
+    if os.path.exists(lease):
+        raise Failure("%s: the host-local lease %s leaked (the primary's DEL did not run)" % (what, lease))
+
+
+@scenario(needs_plugin=True, per_backend=True)
+def pod_without_annotations(env, backend):
+    """containerd's runtimeConfig for a pod without annotations is {"...pod-annotations": null}:
+    ADD succeeds (no sidecar: skipped), DEL goes through the chain (IP released, eth0 gone)."""
+    with Pod(env, env.conflist(env.meshinit_plugin(backend)), caps={ANNOTATIONS_CAP: None}) as pod:
+        result = pod.add()
+        conf = json.loads(pod.meshinit_call("ADD")["stdin"])
+        if conf.get("runtimeConfig") != {ANNOTATIONS_CAP: None}:
+            raise Failure("the runtime did not pass a null annotation map (harness): %s" % conf.get("runtimeConfig"))
+        if normalized(result) != normalized(pod.plugin_result("bridge")):
+            raise Failure("ADD result is not prevResult passed through: %s" % json.dumps(result))
+        nothing_ours(pod.ns, "a pod without annotations after ADD")
+        lease = os.path.join(env.ipam, NETWORK, pod.ip)
+        pod.delete()
+        pod.deleted = True
+        torn_down(pod, lease, "a pod without annotations")
+        note("runtimeConfig %s: ADD skipped, DEL released %s" % (json.dumps(conf["runtimeConfig"]), pod.ip))
+
+
+@scenario(needs_plugin=True, per_backend=True)
+def del_with_changed_config(env, backend):
+    """The DEL gets the config cached at ADD time, from before an upgrade that renamed a key
+    (or with a typo): it removes our rules and the chain's DEL goes on (IP released)."""
+    plugin = env.meshinit_plugin(backend)
+    with Pod(env, env.conflist(plugin)) as pod:
+        pod.add()
+        lease = os.path.join(env.ipam, NETWORK, pod.ip)
+        if not ours(pod.ns):
+            raise Failure("ADD installed nothing")
+        stale = env.runtime(env.conflist(dict(plugin, **{"envoy-prot": "15001", "foo": 1})))
+        bad = dict(pod.caps[ANNOTATIONS_CAP], **{"traffic.sidecar.istio.io/excludeOutboundPorts": "eighty"})
+        stale.delete(pod.cid, pod.path, "eth0", pod.args, {ANNOTATIONS_CAP: bad},
+                     prev_result=pod.rt.cached_result(pod.cid, "eth0"))
+        pod.lo.delete(pod.cid, pod.path, "lo", pod.args)
+        pod.deleted = True
+        nothing_ours(pod.ns, "after the DEL with an unknown key and a bad annotation")
+        torn_down(pod, lease, "DEL with an unknown key")
+        note("DEL with keys envoy-prot, foo and excludeOutboundPorts=eighty: rules removed, lease released")
 
 
 @scenario(needs_plugin=True)

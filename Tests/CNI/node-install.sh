@@ -6,7 +6,11 @@
 #     validated before anything is written; a single-plugin .conf is refused, named;
 #   - uninstall restores the file byte for byte and removes the binary;
 #   - --watch puts the entry back when the primary CNI rewrites its file or a new primary
-#     appears, and on SIGTERM exits 0 leaving it (or removing it with --uninstall-on-exit).
+#     appears, and on SIGTERM exits 0 leaving it (or removing it with --uninstall-on-exit);
+#     a failure that persists (single-plugin .conf, broken JSON) ends it with 1;
+#   - edits are byte-exact (invalid UTF-8 kept), through exclusive temporary files; uninstall
+#     removes our entry from every configuration and keeps the binary while one it cannot
+#     read names meshinit.
 # Usage: node-install.sh BIN     Ends with "node-install: N passed, M failed".
 set -uo pipefail
 bin=$(realpath "$1")
@@ -88,6 +92,51 @@ wait "$watcher"
 rc=$?
 watcher=
 check "--uninstall-on-exit removes exactly our entry on SIGTERM" '[ $rc = 0 ] && cmp -s "$confdir/05-new.conflist" "$work/primary.conflist" && [ ! -e "$bindir/meshinit" ]'
+
+# Byte-exact edits: a primary with bytes that are not UTF-8 (a Latin-1 description) keeps them.
+mkdir -p "$work/latin1"
+printf '{"cniVersion":"1.0.0","name":"p","description":"caf\xe9","plugins":[{"type":"ptp","x":"\xff\xfe"}]}' >"$work/latin1/10-p.conflist"
+cp "$work/latin1/10-p.conflist" "$work/latin1.orig"
+"$bin" cni install --bin-dir "$bindir" --conf-dir "$work/latin1" --config "$settings" >/dev/null 2>&1
+check "invalid UTF-8 in the primary is kept byte for byte (not turned into U+FFFD)" 'python3 -c "import sys; a=open(sys.argv[1],\"rb\").read(); b=open(sys.argv[2],\"rb\").read(); e=sys.argv[3].encode(); sys.exit(0 if a == b[:-2] + b\", \" + e + b\"]}\" and b.endswith(b\"}]}\") else 1)" "$work/latin1/10-p.conflist" "$work/latin1.orig" "$entry"'
+"$bin" cni uninstall --bin-dir "$bindir" --conf-dir "$work/latin1" >/dev/null 2>&1
+check "... and uninstall gives back the original bytes" 'cmp -s "$work/latin1/10-p.conflist" "$work/latin1.orig"'
+check "no temporary file is left behind" '[ -z "$(find "$confdir" "$work/latin1" "$bindir" -name ".*.meshinit-*")" ]'
+
+# uninstall: our entry goes from every configuration (not only the primary) before the binary.
+mkdir -p "$work/multi"
+cp "$work/primary.conflist" "$work/multi/10-podnet.conflist"
+"$bin" cni install --bin-dir "$bindir" --conf-dir "$work/multi" --config "$settings" >/dev/null 2>&1
+mv "$work/multi/10-podnet.conflist" "$work/multi/20-old.conflist"   # chained while it was the primary
+cp "$work/primary.conflist" "$work/multi/10-podnet.conflist"
+"$bin" cni install --bin-dir "$bindir" --conf-dir "$work/multi" --config "$settings" >/dev/null 2>&1
+"$bin" cni uninstall --bin-dir "$bindir" --conf-dir "$work/multi" >/dev/null 2>&1
+check "uninstall removes our entry from every configuration, then the binary" '[ $? = 0 ] && ! grep -q meshinit "$work/multi"/*.conflist && [ ! -e "$bindir/meshinit" ]'
+"$bin" cni install --bin-dir "$bindir" --conf-dir "$work/multi" --config "$settings" >/dev/null 2>&1
+echo '{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"meshinit"' >"$work/multi/30-broken.conflist"
+msg=$("$bin" cni uninstall --bin-dir "$bindir" --conf-dir "$work/multi" 2>&1)
+rc=$?
+check "uninstall keeps the binary while a configuration it cannot read names meshinit (non-zero, named)" '[ $rc != 0 ] && [ -x "$bindir/meshinit" ] && echo "$msg" | grep -q "30-broken.conflist" && ! grep -q meshinit "$work/multi/10-podnet.conflist"'
+rm -f "$work/multi/30-broken.conflist"
+
+# --watch: a failure that persists (a single-plugin .conf primary, a primary that stays broken
+# JSON) ends it non-zero, naming the file, so the node shows it (the DaemonSet restarts).
+start=$SECONDS
+msg=$(timeout 30 "$bin" cni install --bin-dir "$bindir" --conf-dir "$work/single" --watch --failure-timeout 2 2>&1)
+rc=$?
+check "--watch exits 1 when the primary stays a single-plugin .conf (named), within its --failure-timeout" '[ $rc = 1 ] && echo "$msg" | grep -q "10-x.conf" && echo "$msg" | grep -q "without capture" && [ $((SECONDS - start)) -le 10 ]'
+mkdir -p "$work/breaks"
+cp "$work/primary.conflist" "$work/breaks/10-podnet.conflist"
+"$bin" cni install --bin-dir "$bindir" --conf-dir "$work/breaks" --config "$settings" --watch --failure-timeout 2 >"$work/watch3.log" 2>&1 &
+watcher=$!
+wait_for "grep -qF \"\$entry\" \"$work/breaks/10-podnet.conflist\""
+echo '{"cniVersion": "1.0.0", "plugins": [' >"$work/breaks/10-podnet.conflist"
+for _ in $(seq 100); do kill -0 "$watcher" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$watcher" 2>/dev/null && kill "$watcher"
+wait "$watcher"
+rc=$?
+watcher=
+check "--watch exits 1 once the primary stays broken JSON" '[ $rc = 1 ] && grep -q "10-podnet.conflist" "$work/watch3.log"'
 sed 's/^/    watch: /' "$work/watch.log"
 echo "node-install: $passed passed, $failed failed"
 [ "$failed" = 0 ] && [ "$passed" -gt 0 ]

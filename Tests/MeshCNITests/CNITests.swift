@@ -56,10 +56,10 @@ struct ProtocolTests {
         let previous =
             #"{ "cniVersion" : "1.0.0", "ips": [ {"address": "10.1.0.5/24", "gateway":"10.1.0.1"} ], "x": 1.50 }"#
         let r = try request(#"{"cniVersion":"1.0.0","name":"n","type":"meshinit","prevResult":"# + previous + "}")
-        #expect(r.passThroughResult() == previous + "\n")
+        #expect(try r.addResult() == previous + "\n")
         #expect(r.cniVersion == "1.0.0")
         let bare = try request(#"{"cniVersion":"0.4.0","name":"n","type":"meshinit"}"#)
-        #expect(bare.passThroughResult() == #"{"cniVersion":"0.4.0"}"# + "\n")
+        #expect(try bare.addResult() == #"{"cniVersion":"0.4.0"}"# + "\n")
     }
 
     @Test("VERSION lists the supported versions, also without stdin")
@@ -110,7 +110,7 @@ struct PluginConfigTests {
     func keys() throws {
         let r = try request(
             configJSON(
-                #""envoy-port":15002,"istio-local-outbound-ports-exclude":[22,"8000-8010"],"redirect-dns":true,"#
+                #""envoy-port":15002,"istio-local-outbound-ports-exclude":[22,"8000-8010"],"redirect-dns":true,"capture-all-dns":true,"#
                     + #""excludeNamespaces":["kube-system"],"backend":"iptables","requireAnnotation":false,"logFile":"/var/log/m.log""#
             ))
         let config = try PluginConfig(try #require(r.config))
@@ -150,7 +150,7 @@ struct DecisionTests {
         throws -> PodDecision
     {
         let r = try request(configJSON(keys, annotations: annotations), environment)
-        return PodDecision.decide(r, try PluginConfig(try #require(r.config)))
+        return try PodDecision.decide(r, try PluginConfig(try #require(r.config)))
     }
 
     static func skipped(_ decision: PodDecision) -> String? {
@@ -315,6 +315,13 @@ struct DecisionTests {
             var excluded = splitList(flags[.localExcludePorts] ?? "").map(String.init)
             for port in PodAnnotation.alwaysExcludedInbound where !excluded.contains(port) { excluded.append(port) }
             flags[.localExcludePorts] = excluded.joined(separator: ",")
+            // CNI mode refuses what would read the node's resolv.conf.
+            if flags[.redirectDNS] == "true" && flags[.captureAllDNS] != "true" {
+                expectCNIError(.invalidConfig, "needs \"capture-all-dns\": true") {
+                    _ = try Self.settings(keys.joined(separator: ","), annotations: annotations)
+                }
+                return
+            }
             do {
                 let viaFlags = try ConfigResolver(system: NoSystem()).resolve(flags: flags, environment: [:])
                 let viaCNI = try Self.settings(keys.joined(separator: ","), annotations: annotations)
@@ -347,23 +354,31 @@ struct ConflistTests {
 
         """
 
+    static func insert(_ entry: String, _ text: String) throws -> String? {
+        try Conflist.inserting(entry, into: Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    static func remove(_ text: String) throws -> String? {
+        try Conflist.removing(from: Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     @Test("inserted at the end of plugins, every other byte kept; idempotent; removed back to the original")
     func roundTrip() throws {
-        let inserted = try #require(try Conflist.inserting(Self.ours, into: Self.pretty))
+        let inserted = try #require(try Self.insert(Self.ours, Self.pretty))
         #expect(
             inserted.contains(
                 "  { \"type\": \"portmap\", \"capabilities\": { \"portMappings\": true } },\n    \(Self.ours)\n  ]"))
         #expect(inserted.replacingOccurrences(of: ",\n    \(Self.ours)", with: "") == Self.pretty)
-        #expect(try Conflist.inserting(Self.ours, into: inserted) == nil)
-        #expect(try Conflist.contains(inserted))
-        #expect(try Conflist.removing(from: inserted) == Self.pretty)
-        #expect(try Conflist.removing(from: Self.pretty) == nil)
+        #expect(try Self.insert(Self.ours, inserted) == nil)
+        #expect(try Conflist.contains(Array(inserted.utf8)))
+        #expect(try Self.remove(inserted) == Self.pretty)
+        #expect(try Self.remove(Self.pretty) == nil)
     }
 
     @Test("an entry of ours with other settings is replaced, not duplicated")
     func replaced() throws {
-        let old = try #require(try Conflist.inserting(#"{"type":"meshinit","backend":"iptables"}"#, into: Self.pretty))
-        let new = try #require(try Conflist.inserting(Self.ours, into: old))
+        let old = try #require(try Self.insert(#"{"type":"meshinit","backend":"iptables"}"#, Self.pretty))
+        let new = try #require(try Self.insert(Self.ours, old))
         #expect(new.components(separatedBy: "\"meshinit\"").count == 2)
         #expect(new.contains(Self.ours))
     }
@@ -371,20 +386,20 @@ struct ConflistTests {
     @Test("compact files, empty lists, ours first")
     func shapes() throws {
         #expect(
-            try Conflist.inserting(Self.ours, into: #"{"name":"n","plugins":[{"type":"ptp"}]}"#)
+            try Self.insert(Self.ours, #"{"name":"n","plugins":[{"type":"ptp"}]}"#)
                 == #"{"name":"n","plugins":[{"type":"ptp"}, "# + Self.ours + "]}")
-        #expect(try Conflist.inserting(Self.ours, into: #"{"plugins":[]}"#) == #"{"plugins":["# + Self.ours + "]}")
+        #expect(try Self.insert(Self.ours, #"{"plugins":[]}"#) == #"{"plugins":["# + Self.ours + "]}")
         #expect(
-            try Conflist.removing(from: #"{"plugins":["# + Self.ours + #", {"type":"ptp"}]}"#)
+            try Self.remove(#"{"plugins":["# + Self.ours + #", {"type":"ptp"}]}"#)
                 == #"{"plugins":[{"type":"ptp"}]}"#)
-        #expect(try Conflist.removing(from: #"{"plugins":["# + Self.ours + "]}") == #"{"plugins":[]}"#)
+        #expect(try Self.remove(#"{"plugins":["# + Self.ours + "]}") == #"{"plugins":[]}"#)
     }
 
     @Test("what is not a configuration list is refused")
     func refused() {
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: #"{"type":"bridge"}"#) }
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: "{") }
-        #expect(throws: ConflistError.self) { try Conflist.inserting(Self.ours, into: #"{"plugins":{}}"#) }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, #"{"type":"bridge"}"#) }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, "{") }
+        #expect(throws: ConflistError.self) { try Self.insert(Self.ours, #"{"plugins":{}}"#) }
     }
 
     @Test("the primary is the first configuration file in lexicographic order")

@@ -16,7 +16,7 @@ bin=$(realpath "$1")
 if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null || ! command -v ip >/dev/null || ! command -v flock >/dev/null; then
     echo "pid-reuse: needs root, unshare, flock and ip"
     if [ "${CI:-}" = true ]; then echo "pid-reuse: 0 passed, 1 failed"; exit 1; fi
-    exit 0
+    exit 77
 fi
 if [ "${MESHINIT_INSIDE:-}" != 1 ]; then
     # --net too: the walk also enters this script's own namespace (PID 1 here), which must not be the host's.

@@ -74,8 +74,15 @@ class Pod:
         env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID="c" + self.name, CNI_NETNS=self.path,
                    CNI_IFNAME="eth0", CNI_PATH="/nonexistent",
                    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + self.name)
+        # As a runtime does, CHECK and DEL carry the result ADD printed as prevResult (CHECK
+        # refuses to run without one).
+        conf = dict(conf or CNI_CONF)
+        if command in ("CHECK", "DEL") and getattr(self, "prev_result", None) is not None:
+            conf["prevResult"] = self.prev_result
         # The runtime runs the plugin on the node (in the host namespace): it enters CNI_NETNS itself.
-        p = run([self.binary], check=False, stdin=json.dumps(conf or CNI_CONF), env=env)
+        p = run([self.binary], check=False, stdin=json.dumps(conf), env=env)
+        if command == "ADD" and p.returncode == 0:
+            self.prev_result = json.loads(p.stdout)
         if expect_ok and p.returncode != 0:
             raise Failure("CNI %s: exit %d: %s %s" % (command, p.returncode, p.stdout, p.stderr))
         return p

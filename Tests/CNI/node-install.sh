@@ -86,7 +86,9 @@ watcher=
 check "SIGTERM ends --watch with 0, the entry stays" '[ $rc = 0 ] && grep -qF "$entry" "$confdir/05-new.conflist"'
 "$bin" cni install --bin-dir "$bindir" --conf-dir "$confdir" --config "$settings" --watch --uninstall-on-exit >"$work/watch2.log" 2>&1 &
 watcher=$!
-sleep 0.5
+# SIGTERM once it is watching (its signalfd is set up before it says so): a fixed sleep lost
+# that race on a loaded machine, and the default action of SIGTERM killed it (143).
+wait_for "grep -q watching \"$work/watch2.log\"" || true
 kill -TERM "$watcher"
 wait "$watcher"
 rc=$?

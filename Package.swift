@@ -51,11 +51,18 @@ let package = Package(
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
         .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender", "MeshSystem"]),
+        .target(
+            name: "MeshRuntime",
+            dependencies: [
+                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshCNI", "MeshSystem", "MeshIptables",
+                "MeshNetlink",
+            ]
+        ),
         .executableTarget(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "MeshCNI", "MeshExplain", "CArguments",
+                "MeshCNI", "MeshExplain", "MeshRuntime", "CArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
@@ -71,6 +78,13 @@ let package = Package(
             dependencies: [
                 "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
+            name: "MeshRuntimeTests",
+            dependencies: [
+                "MeshRuntime", "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender", "MeshSystem",
+                "MeshIptables", "MeshNetlink", "CRtnetlink",
             ]
         ),
         .testTarget(name: "MeshSystemTests", dependencies: ["MeshSystem", "MeshModel", "CRtnetlink"]),

@@ -90,7 +90,12 @@ public struct ConfigResolver {
     public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
         -> String?
     {
-        try networkNamespace(ConfigInput(flags: flags, environment: environment).text(.networkNamespace))
+        try networkNamespace(ConfigInput(flags: flags, environment: environment))
+    }
+
+    /// Just the network namespace of gathered values (see above).
+    public static func networkNamespace(_ input: ConfigInput) throws(ConfigError) -> String? {
+        try networkNamespace(input.text(.networkNamespace))
     }
 
     static func networkNamespace(_ value: (String, ValueSource)) throws(ConfigError) -> String? {

@@ -42,7 +42,7 @@ struct Clean: ParsableCommand {
                 throw CommandFailure(status: .usage, message: "--force only applies to clean --all-namespaces")
             }
             let settings = try resolveSettings(given: try istio.given())
-            try cleanEverything(Context(settings))
+            try cleanOrPrint(Context(settings))
             return
         }
         try cleanAllNamespaces(given: try istio.given(), force: force)
@@ -111,6 +111,17 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
     if failures > 0 {
         throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be cleaned")
     }
+}
+
+/// `clean`: with `--dry-run` what would be removed is printed (nothing is locked or changed);
+/// otherwise everything of ours is removed (see `cleanEverything`). Returns what was removed
+/// (or would be), one line each.
+@discardableResult
+func cleanOrPrint(_ context: Context) throws(CommandFailure) -> [String] {
+    guard context.settings.run.dryRun else { return try cleanEverything(context) }
+    let plan = try planCleanup(context)
+    writeStandardOutput(plan.text)
+    return plan.isEmpty ? [] : ["(dry run)"]
 }
 
 /// What happened in one namespace of `clean --all-namespaces`.

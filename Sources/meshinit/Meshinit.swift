@@ -12,7 +12,9 @@ struct Meshinit: ParsableCommand {
 
             """ + IstioFlagHelp.text,
         version: meshinitVersionLine,
-        subcommands: [Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, CNICommand.self],
+        subcommands: [
+            Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, CNINodeCommand.self,
+        ],
         defaultSubcommand: Install.self
     )
 }

@@ -79,6 +79,59 @@ public enum CNINode {
         return entry
     }
 
+    /// Chains `entry` into the primary configuration once.
+    ///
+    /// - Throws: 69 (unavailable) when the directory has no configuration yet.
+    public static func chain(_ entry: String, in paths: Paths, log: Logger) throws {
+        guard try ensureChained(entry, in: paths.confDir, log: log) else {
+            throw CommandFailure(
+                status: .unavailable,
+                message:
+                    "no network configuration in \(paths.confDir) yet (the primary CNI writes it; --watch waits for it)"
+            )
+        }
+    }
+
+    /// `cni install --watch`: keeps `entry` chained, looking again whenever the directory
+    /// changes (and every minute), until SIGTERM. A configuration that cannot be edited for
+    /// `failureTimeout` seconds is an error (new pods would start without capture).
+    public static func watch(_ entry: String, in paths: Paths, failureTimeout: Int, log: Logger) throws {
+        let watcher: DirectoryWatch
+        do {
+            watcher = try DirectoryWatch(paths.confDir)
+        } catch {
+            throw CommandFailure(status: .failure, message: error.description)
+        }
+        log.info("watching \(paths.confDir)")
+        var failingSince: Int64?
+        while true {
+            // A periodic look too, in case an event was missed.
+            var wait: Int32 = 60_000
+            do {
+                _ = try ensureChained(entry, in: paths.confDir, log: log)
+                if failingSince != nil { log.info("the primary configuration can be edited again") }
+                failingSince = nil
+            } catch let failure as CommandFailure {
+                // A primary being rewritten may be half-written for a moment: look again soon;
+                // one that stays uneditable means new pods start without capture, so exit
+                // non-zero and let it show (a restart, the DaemonSet's status, its log).
+                let now = CNIHandler.monotonicMicroseconds() / 1000
+                let since = failingSince ?? now
+                if failingSince == nil { log.warn("\(failure.message) (trying again for \(failureTimeout) s)") }
+                failingSince = since
+                if now - since >= Int64(failureTimeout) * 1000 {
+                    throw CommandFailure(
+                        status: failure.status,
+                        message:
+                            "\(failure.message) (for \(failureTimeout) s: new pods on this node start without capture)")
+                }
+                wait = 250
+            }
+            if watcher.wait(milliseconds: wait) == .stop { break }
+        }
+        log.info("stopping")
+    }
+
     /// Copies this binary to `path` (atomically, through a temporary file of its own), unless
     /// it is already there byte for byte.
     public static func copyBinary(to path: String, log: Logger) throws {

@@ -78,49 +78,10 @@ struct CNIInstall: ParsableCommand {
         let entry = try CNINode.entry(config, boundary: .live(.current()))
         try CNINode.copyBinary(to: paths.plugin, log: log)
         guard watch else {
-            guard try CNINode.ensureChained(entry, in: paths.confDir, log: log) else {
-                throw CommandFailure(
-                    status: .unavailable,
-                    message:
-                        "no network configuration in \(paths.confDir) yet (the primary CNI writes it; --watch waits for it)"
-                )
-            }
+            try CNINode.chain(entry, in: paths.node, log: log)
             return
         }
-        let watcher: DirectoryWatch
-        do {
-            watcher = try DirectoryWatch(paths.confDir)
-        } catch {
-            throw CommandFailure(status: .failure, message: error.description)
-        }
-        log.info("watching \(paths.confDir)")
-        var failingSince: Int64?
-        while true {
-            // A periodic look too, in case an event was missed.
-            var wait: Int32 = 60_000
-            do {
-                _ = try CNINode.ensureChained(entry, in: paths.confDir, log: log)
-                if failingSince != nil { log.info("the primary configuration can be edited again") }
-                failingSince = nil
-            } catch let failure as CommandFailure {
-                // A primary being rewritten may be half-written for a moment: look again soon;
-                // one that stays uneditable means new pods start without capture, so exit
-                // non-zero and let it show (a restart, the DaemonSet's status, its log).
-                let now = CNIHandler.monotonicMicroseconds() / 1000
-                let since = failingSince ?? now
-                if failingSince == nil { log.warn("\(failure.message) (trying again for \(failureTimeout) s)") }
-                failingSince = since
-                if now - since >= Int64(failureTimeout) * 1000 {
-                    throw CommandFailure(
-                        status: failure.status,
-                        message:
-                            "\(failure.message) (for \(failureTimeout) s: new pods on this node start without capture)")
-                }
-                wait = 250
-            }
-            if watcher.wait(milliseconds: wait) == .stop { break }
-        }
-        log.info("stopping")
+        try CNINode.watch(entry, in: paths.node, failureTimeout: failureTimeout, log: log)
         if uninstallOnExit { try CNINode.remove(paths.node, log: log) }
     }
 }

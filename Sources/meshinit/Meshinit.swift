@@ -1,4 +1,5 @@
 import ArgumentParser
+import MeshConfig
 
 /// `meshinit`: with no sub-command (or Istio's leading `istio-iptables`) it installs.
 struct Meshinit: ParsableCommand {

@@ -22,8 +22,14 @@ import PackageDescription
 //   MeshIptables   applier: live state (iptables-save) → converging iptables-restore
 //   MeshNetlink    applier: plan → one nf_tables batch over libnftnl/libmnl (CNftnl), read back
 //     ↑
-//   meshinit       the CLI (swift-argument-parser): the only code that reads argv and the
-//                  environment (CArguments captures argv), one file per command
+//   MeshRuntime    what a run does: install (backend choice, applyPlan), cleanup, verify, the CNI
+//                  calls (ADD with rollback, CHECK, DEL, …) and the node's conflist; one resolve
+//                  entry; one table error class → exit status and CNI code. Every effect goes
+//                  through SystemBoundary (live, or fakes in MeshRuntimeTests: no root needed)
+//     ↑
+//   meshinit       the CLI (swift-argument-parser): argument parsing, output and exit codes; the
+//                  only code that reads argv and the environment (CArguments captures argv), one
+//                  file per command
 let package = Package(
     name: "meshinit",
     products: [

@@ -148,3 +148,42 @@ struct CNIHandlerTests {
         }
     }
 }
+
+@Suite("A CNI call end to end: stdin, stdout, exit status")
+struct CNIRunTests {
+    func run(
+        _ machine: FakeMachine, _ env: [String: String], stdin: @escaping () throws(FileEdit.ReadFailure) -> [UInt8]
+    )
+        -> (status: Int32, stdout: String)
+    {
+        var out = ""
+        let status = CNIHandler(boundary: machine.boundary).run(
+            environment: env, stdin: stdin, write: { out += $0 })
+        return (status, out)
+    }
+
+    @Test("stdin that cannot be read: ADD fails with error 5 in JSON on stdout; VERSION and DEL do without it")
+    func unreadableStdin() {
+        let (machine, _) = machineWithPod()
+        let broken = { () throws(FileEdit.ReadFailure) -> [UInt8] in throw .timedOut(seconds: 30) }
+        let add = run(machine, environment("ADD"), stdin: broken)
+        #expect(add.status == 1)
+        #expect(add.stdout.contains(#""code":5"#), "\(add.stdout)")
+        let version = run(machine, ["CNI_COMMAND": "VERSION"], stdin: broken)
+        #expect(version.status == 0)
+        #expect(version.stdout.contains("supportedVersions"))
+        let del = run(machine, environment("DEL", netns: "/run/netns/gone"), stdin: broken)
+        #expect(del.status == 0)
+        #expect(del.stdout.isEmpty)
+    }
+
+    @Test("ADD through run: exit 0 and the result on stdout, the plan installed")
+    func add() {
+        let (machine, _) = machineWithPod()
+        let config = configuration()
+        let result = run(machine, environment("ADD"), stdin: { () throws(FileEdit.ReadFailure) -> [UInt8] in config })
+        #expect(result.status == 0)
+        #expect(result.stdout == #"{"cniVersion":"1.1.0"}"# + "\n")
+        #expect(machine.netfilter.committed.count == 1)
+    }
+}

@@ -77,7 +77,7 @@ let package = Package(
         .target(name: "CArguments", path: "Sources/meshinit/CArguments"),
         .plugin(name: "GitRevision", capability: .buildTool()),
         // Real-kernel test helpers shared by the test targets (not shipped).
-        .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
+        .target(name: "MeshTestKit", dependencies: ["MeshSystem"], path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
         .testTarget(
             name: "MeshCNITests",
@@ -90,7 +90,7 @@ let package = Package(
             name: "MeshRuntimeTests",
             dependencies: [
                 "MeshRuntime", "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender", "MeshSystem",
-                "MeshIptables", "MeshNetlink", "CRtnetlink",
+                "MeshIptables", "MeshNetlink", "MeshTestKit", "CRtnetlink",
             ]
         ),
         .testTarget(name: "MeshSystemTests", dependencies: ["MeshSystem", "MeshModel", "CRtnetlink"]),

@@ -224,8 +224,7 @@ public struct CNIHandler {
         } catch {
             throw CNIError(error.errno == EPERM ? .permission : .namespace, error.description)
         }
-        var context = Context(Settings(), boundary: boundary)
-        context.log = Logger(level: .none, json: false, descriptor: 2)
+        let context = quietContext(Settings())
         let removal: CNIRemoval
         do {
             let lock = try context.lockNamespace()
@@ -249,16 +248,8 @@ public struct CNIHandler {
     /// STATUS: ready when an ADD with this configuration can work on this node — the
     /// configuration valid (a pod without annotations resolves), and the backend there.
     func status(_ config: PluginConfig) throws(CNIError) {
-        let settings: Settings
-        do {
-            settings = try boundary.resolve(.input(PodDecision.input(config)), in: .current)
-        } catch let error as ConfigError {
-            throw CNIError(error)
-        } catch {
-            throw CNIError(.invalidConfig, "\(error)")
-        }
-        var context = Context(settings, boundary: boundary)
-        context.log = Logger(level: .none, json: false, descriptor: 2)
+        let context = try context(PodDecision.input(config), in: .current)
+        let settings = context.settings
         if config.backend == .iptables {
             let ipv6Off = settings.run.ipv6Choice == .off
             do {
@@ -299,9 +290,16 @@ public struct CNIHandler {
     func prepare(_ namespace: any PodNamespace, _ config: PluginConfig, _ input: ConfigInput)
         throws(CNIError) -> (Context, Plan)
     {
+        let context = try context(input, in: .handle(namespace))
+        return (context, Planner.plan(context.settings.capture))
+    }
+
+    /// The values resolved in `namespace` (entered first), as a context whose log is silent:
+    /// the plugin's one log line per call says what happened.
+    func context(_ input: ConfigInput, in namespace: NamespaceChoice) throws(CNIError) -> Context {
         let settings: Settings
         do {
-            settings = try boundary.resolve(.input(input), in: .handle(namespace))
+            settings = try boundary.resolve(.input(input), in: namespace)
         } catch let error as NamespaceError {
             throw CNIError(error.errno == EPERM ? .permission : .namespace, error.description)
         } catch let error as ConfigError {
@@ -309,9 +307,13 @@ public struct CNIHandler {
         } catch {
             throw CNIError(.invalidConfig, "\(error)")
         }
+        return quietContext(settings)
+    }
+
+    func quietContext(_ settings: Settings) -> Context {
         var context = Context(settings, boundary: boundary)
         context.log = Logger(level: .none, json: false, descriptor: 2)
-        return (context, Planner.plan(settings.capture))
+        return context
     }
 
     /// A command failure as a CNI error.

@@ -96,7 +96,7 @@ struct CNIHandlerTests {
         let (machine, _) = machineWithPod(binaries: legacyBinaries)
         machine.legacyLoaded = true
         machine.runner.dumps["iptables-legacy-save"] = legacyDumpWithOurs
-        machine.runner.restoreStatus = 1
+        machine.runner.failRestores()
         do {
             _ = try call(machine, "ADD", keys: #""backend":"iptables""#)
             Issue.record("ADD succeeded")
@@ -138,7 +138,7 @@ struct CNIHandlerTests {
         let (machine, _) = machineWithPod(binaries: legacyBinaries)
         machine.legacyLoaded = true
         machine.runner.dumps["iptables-legacy-save"] = legacyDumpWithOurs
-        machine.runner.restoreStatus = 1
+        machine.runner.failRestores()
         do {
             _ = try call(machine, "DEL")
             Issue.record("DEL succeeded")

@@ -48,7 +48,7 @@ struct CleanupTests {
         let machine = FakeMachine(binaries: legacyBinaries)
         machine.legacyLoaded = true
         machine.runner.dumps["iptables-legacy-save"] = legacyDumpWithOurs
-        machine.runner.restoreStatus = 1
+        machine.runner.failRestores()
         let context = try machine.context()
         #expect {
             try cleanEverything(context)

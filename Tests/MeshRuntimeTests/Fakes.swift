@@ -5,6 +5,7 @@ import MeshModel
 import MeshNetlink
 import MeshRuntime
 import MeshSystem
+import MeshTestKit
 
 #if canImport(Glibc)
     import Glibc
@@ -14,26 +15,11 @@ import MeshSystem
 // namespace lock, namespace files) answered from memory, so install, cleanup and the CNI
 // calls run here without root and without touching the machine.
 
-/// iptables' tools: a binary exists if listed; `*-save` prints `dumps[name]`; `*-restore` is
-/// recorded and answered by `restoreStatus`.
-final class FakeRunner: CommandRunner {
-    var binaries: Set<String>
-    var dumps: [String: String] = [:]
-    var restoreStatus: Int32 = 0
-    var calls: [(path: String, args: [String], stdin: String)] = []
-
-    init(binaries: Set<String>) { self.binaries = binaries }
-
-    func which(_ name: String) -> String? { binaries.contains(name) ? "/sbin/\(name)" : nil }
-
-    func run(_ path: String, _ arguments: [String], stdin: String) throws(CommandError) -> CommandResult {
-        calls.append((path, arguments, stdin))
-        let name = String(path.split(separator: "/").last ?? "")
-        if name.hasSuffix("-save") { return CommandResult(status: 0, stdout: dumps[name] ?? "") }
-        return CommandResult(status: restoreStatus, stderr: restoreStatus == 0 ? "" : "iptables-restore: line 2 failed")
+extension FakeRunner {
+    /// Every `*-restore` fails as iptables-restore does on a refused line.
+    func failRestores() {
+        restoreResult = { _, _, _ in CommandResult(status: 1, stderr: "iptables-restore: line 2 failed") }
     }
-
-    var restores: [(path: String, args: [String], stdin: String)] { calls.filter { $0.path.hasSuffix("-restore") } }
 }
 
 /// The legacy tools of both families.

@@ -22,8 +22,14 @@ import PackageDescription
 //   MeshIptables   applier: live state (iptables-save) → converging iptables-restore
 //   MeshNetlink    applier: plan → one nf_tables batch over libnftnl/libmnl (CNftnl), read back
 //     ↑
-//   meshinit       the CLI (swift-argument-parser): the only code that reads argv and the
-//                  environment (CArguments captures argv), one file per command
+//   MeshRuntime    what a run does: install (backend choice, applyPlan), cleanup, verify, the CNI
+//                  calls (ADD with rollback, CHECK, DEL, …) and the node's conflist; one resolve
+//                  entry; one table error class → exit status and CNI code. Every effect goes
+//                  through SystemBoundary (live, or fakes in MeshRuntimeTests: no root needed)
+//     ↑
+//   meshinit       the CLI (swift-argument-parser): argument parsing, output and exit codes; the
+//                  only code that reads argv and the environment (CArguments captures argv), one
+//                  file per command
 let package = Package(
     name: "meshinit",
     products: [
@@ -51,11 +57,18 @@ let package = Package(
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
         .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender", "MeshSystem"]),
+        .target(
+            name: "MeshRuntime",
+            dependencies: [
+                "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshCNI", "MeshSystem", "MeshIptables",
+                "MeshNetlink",
+            ]
+        ),
         .executableTarget(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "MeshCNI", "MeshExplain", "CArguments",
+                "MeshCNI", "MeshExplain", "MeshRuntime", "CArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
@@ -64,13 +77,20 @@ let package = Package(
         .target(name: "CArguments", path: "Sources/meshinit/CArguments"),
         .plugin(name: "GitRevision", capability: .buildTool()),
         // Real-kernel test helpers shared by the test targets (not shipped).
-        .target(name: "MeshTestKit", path: "Tests/MeshTestKit"),
+        .target(name: "MeshTestKit", dependencies: ["MeshSystem"], path: "Tests/MeshTestKit"),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
         .testTarget(
             name: "MeshCNITests",
             dependencies: [
                 "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
+            name: "MeshRuntimeTests",
+            dependencies: [
+                "MeshRuntime", "MeshCNI", "MeshConfig", "MeshModel", "MeshPlanner", "MeshRender", "MeshSystem",
+                "MeshIptables", "MeshNetlink", "MeshTestKit", "CRtnetlink",
             ]
         ),
         .testTarget(name: "MeshSystemTests", dependencies: ["MeshSystem", "MeshModel", "CRtnetlink"]),

@@ -90,7 +90,12 @@ public struct ConfigResolver {
     public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
         -> String?
     {
-        try networkNamespace(ConfigInput(flags: flags, environment: environment).text(.networkNamespace))
+        try networkNamespace(ConfigInput(flags: flags, environment: environment))
+    }
+
+    /// Just the network namespace of gathered values (see above).
+    public static func networkNamespace(_ input: ConfigInput) throws(ConfigError) -> String? {
+        try networkNamespace(input.text(.networkNamespace))
     }
 
     static func networkNamespace(_ value: (String, ValueSource)) throws(ConfigError) -> String? {
@@ -127,11 +132,26 @@ public struct ConfigResolver {
         return try settings(input)
     }
 
+    /// Every value, in the order their errors are reported (the first bad one is named):
+    /// the proxy's ports and identity, what is captured, TPROXY's mark and table, the run's
+    /// options, the environment-only knobs, then IPv6 and DNS (which read the system).
     func settings(_ input: ConfigInput) throws(ConfigError) -> Settings {
         var settings = Settings()
         var c = CaptureConfig()
-        var r = RunOptions()
+        try proxy(input, &c)
+        try traffic(input, &c)
+        try tproxy(input, &c)
+        let r = try runOptions(input)
+        try knobs(input, &c)
+        try ipv6(input, r.ipv6Choice, &c, warnings: &settings.warnings)
+        try dns(input, resolvConf: (r.resolvConfPath, input.text(.resolvConf).1), &c, warnings: &settings.warnings)
+        settings.capture = c
+        settings.run = r
+        return settings
+    }
 
+    /// The proxy's ports, and the uids and gids its traffic is recognised by.
+    func proxy(_ input: ConfigInput, _ c: inout CaptureConfig) throws(ConfigError) {
         c.proxyPort = try input.port(.envoyPort)
         c.inboundCapturePort = try input.port(.inboundCapturePort)
         c.inboundTunnelPort = try input.port(.inboundTunnelPort)
@@ -155,7 +175,10 @@ public struct ConfigResolver {
         case "REDIRECT", "NONE", "": c.interceptionMode = .redirect
         default: throw ConfigError(modeSource, mode, "expected REDIRECT, TPROXY or NONE")
         }
+    }
 
+    /// What is captured: the interception mode, inbound ports, interfaces, outbound CIDRs and ports.
+    func traffic(_ input: ConfigInput, _ c: inout CaptureConfig) throws(ConfigError) {
         let (inbound, inboundSource) = input.text(.inboundPorts)
         let excludeInbound = try input.portList(.localExcludePorts)
         switch inbound {
@@ -180,7 +203,10 @@ public struct ConfigResolver {
         c.outboundExclude = try cidrs(exclude, source: excludeSource)
         c.outboundPorts = try input.portList(.outboundPorts)
         c.outboundExcludePorts = try input.portList(.localOutboundPortsExclude)
+    }
 
+    /// TPROXY's mark and routing table, and whether invalid packets are dropped.
+    func tproxy(_ input: ConfigInput, _ c: inout CaptureConfig) throws(ConfigError) {
         let (markText, markSource) = input.text(.tproxyMark)
         guard let mark = Mark(parsing: markText) else {
             throw ConfigError(markSource, markText, "expected a mark, an integer 0-4294967295")
@@ -197,115 +223,6 @@ public struct ConfigResolver {
         c.tproxyRouteTable = UInt32(table)
 
         c.dropInvalid = try input.bool(.dropInvalid)
-
-        // Run options.
-        r.dryRun = try input.bool(.dryRun)
-        r.skipRuleApply = try input.bool(.skipRuleApply)
-        r.runValidation = try input.bool(.runValidation)
-        r.probePort = try input.port(.iptablesProbePort)
-        let (timeoutText, timeoutSource) = input.text(.probeTimeout)
-        guard let timeout = parseGoDuration(timeoutText), timeout > 0 else {
-            throw ConfigError(timeoutSource, timeoutText, "expected a positive duration such as 5s or 500ms")
-        }
-        r.probeTimeoutMilliseconds = timeout
-        r.networkNamespace = try Self.networkNamespace(input.text(.networkNamespace))
-        r.cniMode = try input.bool(.cniMode)
-        r.reconcile = try input.bool(.reconcile)
-        r.cleanupOnly = try input.bool(.cleanupOnly)
-        r.forceApply = try input.bool(.forceApply)
-        r.nativeNftables = try input.bool(.nativeNftables)
-        let (variant, variantSource) = input.text(.forceIptablesBinary)
-        if !variant.isEmpty {
-            guard let v = IptablesVariant(rawValue: variant) else {
-                throw ConfigError(variantSource, variant, "expected legacy or nft")
-            }
-            r.forceIptablesVariant = v
-        }
-        let (levelText, levelSource) = input.text(.logOutputLevel)
-        r.logLevel = try logLevel(levelText, source: levelSource)
-        r.logAsJSON = try input.bool(.logAsJSON)
-        let (ipv6Text, ipv6Source) = input.text(.ipv6)
-        guard let ipv6Choice = IPv6Choice(rawValue: ipv6Text) else {
-            throw ConfigError(ipv6Source, ipv6Text, "expected auto, on or off")
-        }
-        r.ipv6Choice = ipv6Choice
-        let (resolvPath, resolvSource) = input.text(.resolvConf)
-        guard !resolvPath.isEmpty else { throw ConfigError(resolvSource, resolvPath, "expected a file path") }
-        r.resolvConfPath = resolvPath
-        let (childText, childSource) = input.text(.childTimeout)
-        guard let childTimeout = parseGoDuration(childText), childTimeout > 0, childTimeout <= 3_600_000 else {
-            throw ConfigError(childSource, childText, "expected a duration from 1ms to 1h such as 30s or 500ms")
-        }
-        r.childTimeoutMilliseconds = childTimeout
-
-        // Environment-only knobs.
-        let loopback = input.knob(.ipv4LoopbackCIDR)
-        guard let loopbackCIDR = CIDR(loopback.text), loopbackCIDR.family == .ipv4,
-            loopbackCIDR.address.isLoopback, loopbackCIDR.prefixLength >= 8
-        else {
-            throw ConfigError(loopback.source, loopback.text, "expected an IPv4 loopback CIDR with prefix 8-32")
-        }
-        c.ipv4LoopbackCIDR = loopbackCIDR
-
-        let groups = input.knob(.ownerGroups)
-        let groupsExclude = input.knob(.ownerGroupsExclude)
-        if groups.text == "*" {
-            c.ownerGroups = .allExcept(try ownerGroups(groupsExclude.text, source: groupsExclude.source))
-        } else {
-            if !groupsExclude.text.isEmpty {
-                throw ConfigError(
-                    groupsExclude.source, groupsExclude.text,
-                    "only allowed when \(EnvironmentKnob.ownerGroups.rawValue) is '*'")
-            }
-            c.ownerGroups = .only(try ownerGroups(groups.text, source: groups.source))
-        }
-
-        // IPv6: meshinit's --ipv6 decides; auto is Istio's guess from interface addresses,
-        // falling back to "on if lo has ::1" where Istio would fail (a namespace with only lo).
-        let dualStack = try input.bool(.dualStack)
-        switch ipv6Choice {
-        case .on: c.ipv6 = true
-        case .off: c.ipv6 = false
-        case .auto:
-            if let detected = system.detectIPv6(dualStack: dualStack) {
-                c.ipv6 = detected
-            } else {
-                c.ipv6 = system.loopbackHasIPv6()
-                settings.warnings.append(
-                    "no non-loopback address found; IPv6 rules \(c.ipv6 ? "on" : "off") (lo \(c.ipv6 ? "has" : "lacks") ::1)"
-                )
-            }
-        }
-
-        // DNS capture.
-        let captureAllDNS = try input.bool(.captureAllDNS)
-        if try input.bool(.redirectDNS) {
-            if captureAllDNS {
-                c.dns = .all
-            } else {
-                let text: String
-                switch system.readFile(resolvPath, limit: Self.resolvConfLimit) {
-                case .text(let contents): text = contents
-                case .unreadable:
-                    throw ConfigError(resolvSource, resolvPath, "cannot read the file (needed for --redirect-dns)")
-                case .tooLarge:
-                    throw ConfigError(
-                        resolvSource, resolvPath, "larger than 1 MiB, not a resolv.conf (needed for --redirect-dns)")
-                }
-                let servers = try parseResolvConf(text, path: resolvPath)
-                if servers.ipv4.isEmpty && servers.ipv6.isEmpty {
-                    settings.warnings.append(
-                        "--redirect-dns is set, --capture-all-dns is not, and \(resolvPath) lists no nameserver: DNS capture disabled"
-                    )
-                } else {
-                    c.dns = .servers(ipv4: servers.ipv4, ipv6: servers.ipv6)
-                }
-            }
-        }
-
-        settings.capture = c
-        settings.run = r
-        return settings
     }
 
     enum IDKind { case user, group }
@@ -359,270 +276,5 @@ public struct ConfigResolver {
             if scope == "default" { level = parsed }
         }
         return level
-    }
-}
-
-/// Values with their precedence, remembering where each came from: layers, lowest first (the
-/// last layer that holds a flag wins), over the table's defaults; and the environment-only
-/// knobs. Istio's order is environment < alias environment < command line; a CNI
-/// configuration's is Istio's injected defaults < config keys < pod annotations.
-public struct ConfigInput: Sendable {
-    public typealias Layer = [IstioFlag: Value]
-
-    public struct Value: Sendable, Hashable {
-        public var text: String
-        public var source: ValueSource
-
-        public init(_ text: String, _ source: ValueSource) {
-            self.text = text
-            self.source = source
-        }
-    }
-
-    public var layers: [Layer]
-    public var knobs: [EnvironmentKnob: Value]
-    /// A value to use for one flag instead of the winner (to validate overridden values).
-    var forced: (flag: IstioFlag, text: String, source: ValueSource)?
-
-    public init(layers: [Layer], knobs: [EnvironmentKnob: Value] = [:]) {
-        self.layers = layers
-        self.knobs = knobs
-    }
-
-    /// Istio's: command-line flags over alias environment variables over environment variables.
-    /// An empty boolean variable counts as unset (as Go's flag package leaves it).
-    public init(flags: [IstioFlag: String], environment: [String: String]) {
-        var primary: Layer = [:]
-        var alias: Layer = [:]
-        var given: Layer = [:]
-        for spec in IstioFlag.table {
-            let boolean = spec.value == .boolean
-            if let name = spec.environment, let v = environment[name], !(boolean && v.isEmpty) {
-                primary[spec.flag] = Value(v, .environment(name))
-            }
-            if let name = spec.aliasEnvironment, let v = environment[name], !(boolean && v.isEmpty) {
-                alias[spec.flag] = Value(v, .environment(name))
-            }
-            if let v = flags[spec.flag] { given[spec.flag] = Value(v, .flag(spec.flag)) }
-        }
-        var knobs: [EnvironmentKnob: Value] = [:]
-        for knob in EnvironmentKnob.allCases {
-            if let v = environment[knob.rawValue] { knobs[knob] = Value(v, .environment(knob.rawValue)) }
-        }
-        self.init(layers: [primary, alias, given], knobs: knobs)
-    }
-
-    /// The values of `flag` that lose to a higher-precedence source.
-    func shadowed(_ flag: IstioFlag) -> [(String, ValueSource)] {
-        Array(layers.compactMap { $0[flag] }.map { ($0.text, $0.source) }.dropLast())
-    }
-
-    func text(_ flag: IstioFlag) -> (String, ValueSource) {
-        if let forced, forced.flag == flag { return (forced.text, forced.source) }
-        if let value = layers.last(where: { $0[flag] != nil })?[flag] { return (value.text, value.source) }
-        return (flag.defaultValue, .flag(flag))
-    }
-
-    func knob(_ knob: EnvironmentKnob) -> (text: String, source: ValueSource) {
-        if let value = knobs[knob] { return (value.text, value.source) }
-        return (knob.defaultValue, .environment(knob.rawValue))
-    }
-
-    func bool(_ flag: IstioFlag) throws(ConfigError) -> Bool {
-        let (text, source) = self.text(flag)
-        guard let value = parseGoBool(text) else {
-            throw ConfigError(source, text, "expected a boolean (true/false, 1/0, t/f)")
-        }
-        return value
-    }
-
-    func port(_ flag: IstioFlag) throws(ConfigError) -> Port {
-        let (text, source) = self.text(flag)
-        guard let port = Port(parsing: text) else { throw ConfigError(source, text, "expected a port 1-65535") }
-        return port
-    }
-
-    func portList(_ flag: IstioFlag) throws(ConfigError) -> [PortRange] {
-        let (text, source) = self.text(flag)
-        return try portRanges(text, source: source)
-    }
-
-    func interfaces(_ flag: IstioFlag) throws(ConfigError) -> [InterfaceName] {
-        let (text, source) = self.text(flag)
-        var out: [InterfaceName] = []
-        for item in splitList(text) {
-            guard let name = InterfaceName(item) else {
-                throw ConfigError(
-                    source, String(item),
-                    "not an interface name (1-15 bytes of letters, digits, _ . - @, optional trailing + after a prefix)"
-                )
-            }
-            out.append(name)
-        }
-        return out
-    }
-}
-
-func portRanges(_ text: String, source: ValueSource) throws(ConfigError) -> [PortRange] {
-    var out: [PortRange] = []
-    for item in splitList(text) {
-        guard let range = PortRange(parsing: item) else {
-            throw ConfigError(source, String(item), "expected a port 1-65535 or a range A-B with A < B")
-        }
-        out.append(range)
-    }
-    return out
-}
-
-func cidrs(_ text: String, source: ValueSource) throws(ConfigError) -> [CIDR] {
-    switch CIDR.parseList(text) {
-    case .success(let list): return list
-    case .failure(let bad):
-        throw ConfigError(source, bad.text, "expected an IPv4 or IPv6 CIDR such as 10.0.0.0/8")
-    }
-}
-
-/// Istio's list split: comma separated, empty items dropped, no trimming.
-public func splitList(_ text: String) -> [Substring] {
-    // On UTF-8 bytes (a comma is never part of a multi-byte character): fast for long lists.
-    var items: [Substring] = []
-    var start = text.utf8.startIndex
-    var index = start
-    while index != text.utf8.endIndex {
-        if text.utf8[index] == UInt8(ascii: ",") {
-            if start != index { items.append(text[start..<index]) }
-            start = text.utf8.index(after: index)
-        }
-        index = text.utf8.index(after: index)
-    }
-    if start != text.utf8.endIndex { items.append(text[start...]) }
-    return items
-}
-
-/// Go's `strconv.ParseBool`.
-public func parseGoBool(_ text: String) -> Bool? {
-    switch text {
-    case "1", "t", "T", "TRUE", "true", "True": true
-    case "0", "f", "F", "FALSE", "false", "False": false
-    default: nil
-    }
-}
-
-/// Go's `time.ParseDuration`, in milliseconds (a sub-millisecond rest rounds up).
-public func parseGoDuration(_ text: String) -> Int64? {
-    var chars = Substring(text)
-    if chars == "0" { return 0 }
-    guard !chars.isEmpty else { return nil }
-    var totalNanos: Double = 0
-    while !chars.isEmpty {
-        let number = chars.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
-        guard !number.isEmpty, number != ".", let value = Double(number) else { return nil }
-        chars = chars.dropFirst(number.count)
-        let unit = chars.prefix { !($0.isASCII && ($0.isNumber || $0 == ".")) }
-        chars = chars.dropFirst(unit.count)
-        let scale: Double
-        switch unit {
-        case "ns": scale = 1
-        case "us", "µs", "μs": scale = 1e3
-        case "ms": scale = 1e6
-        case "s": scale = 1e9
-        case "m": scale = 60e9
-        case "h": scale = 3600e9
-        default: return nil
-        }
-        totalNanos += value * scale
-    }
-    guard totalNanos < 1e18 else { return nil }
-    return Int64((totalNanos / 1e6).rounded(.up))
-}
-
-/// `nameserver` lines of a resolv.conf, split by family (as Istio's DNS capture reads them).
-public func parseResolvConf(_ text: String, path: String) throws(ConfigError) -> (ipv4: [IPAddress], ipv6: [IPAddress])
-{
-    var v4: [IPAddress] = []
-    var v6: [IPAddress] = []
-    for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
-        let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard fields.first == "nameserver" else { continue }
-        guard fields.count >= 2 else { throw ConfigError(.file(path), String(line), "nameserver without an address") }
-        // A zone suffix (fe80::1%eth0) cannot be matched by an address rule; keep the address.
-        let addressText = fields[1].split(separator: "%", maxSplits: 1).first ?? fields[1]
-        guard let address = IPAddress(addressText) else {
-            throw ConfigError(.file(path), String(fields[1]), "nameserver is not an IP address")
-        }
-        if address.family == .ipv4 { v4.append(address) } else { v6.append(address) }
-    }
-    return (v4, v6)
-}
-
-/// POSIX-ish account names: letters, digits, `_ . -`, not starting with `-`, ≤ 32 bytes.
-func isValidAccountName(_ text: Substring) -> Bool {
-    guard !text.isEmpty, text.utf8.count <= 32, text.first != "-" else { return false }
-    return text.utf8.allSatisfy { b in
-        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
-            || b == UInt8(ascii: "_") || b == UInt8(ascii: ".") || b == UInt8(ascii: "-")
-    }
-}
-
-/// Where a capture setting's value came from: a flag, variable, file, config key or
-/// annotation, with the text it gave (or the default it fell back to).
-public struct ValueOrigin: Sendable, Hashable, CustomStringConvertible {
-    public var source: ValueSource
-    public var text: String
-    public var isDefault: Bool
-
-    public init(source: ValueSource, text: String, isDefault: Bool) {
-        self.source = source
-        self.text = text
-        self.isDefault = isDefault
-    }
-
-    /// `-x/--istio-service-exclude-cidr "10.0.0.0/8"`, `-p/--envoy-port (default "15001")`.
-    public var description: String {
-        isDefault ? "\(source) (default \(quoted(text)))" : "\(source) \(quoted(text))"
-    }
-}
-
-extension ConfigInput {
-    /// Where each capture setting of `settings` (resolved from this input) took its value.
-    /// Computed on demand (`explain` asks; installs never pay for it).
-    public func origins(of settings: Settings) -> [CaptureSetting: [ValueOrigin]] {
-        func flag(_ flag: IstioFlag) -> ValueOrigin {
-            if let value = layers.last(where: { $0[flag] != nil })?[flag] {
-                return ValueOrigin(source: value.source, text: value.text, isDefault: false)
-            }
-            return ValueOrigin(source: .flag(flag), text: flag.defaultValue, isDefault: true)
-        }
-        func knob(_ knob: EnvironmentKnob) -> ValueOrigin {
-            if let value = knobs[knob] { return ValueOrigin(source: value.source, text: value.text, isDefault: false) }
-            return ValueOrigin(source: .environment(knob.rawValue), text: knob.defaultValue, isDefault: true)
-        }
-        let uid = flag(.proxyUID)
-        let gid = flag(.proxyGID)
-        var dns = [flag(.redirectDNS), flag(.captureAllDNS)]
-        if case .servers = settings.capture.dns { dns.append(flag(.resolvConf)) }
-        let groups = knob(.ownerGroups)
-        return [
-            .proxyPort: [flag(.envoyPort)],
-            .inboundCapturePort: [flag(.inboundCapturePort)],
-            .inboundTunnelPort: [flag(.inboundTunnelPort)],
-            .proxyUIDs: uid.text.isEmpty ? [uid, knob(.envoyUser)] : [uid],
-            .proxyGIDs: gid.text.isEmpty ? [gid, uid] : [gid],
-            .interceptionMode: [flag(.interceptionMode)],
-            .inboundPorts: [flag(.inboundPorts)],
-            .inboundExcludePorts: [flag(.localExcludePorts)],
-            .excludeInterfaces: [flag(.excludeInterfaces)],
-            .outboundInclude: [flag(.serviceCIDR)],
-            .outboundExclude: [flag(.serviceExcludeCIDR)],
-            .outboundPorts: [flag(.outboundPorts)],
-            .outboundExcludePorts: [flag(.localOutboundPortsExclude)],
-            .kubeVirtInterfaces: [flag(.kubeVirtInterfaces)],
-            .tproxyMark: [flag(.tproxyMark)],
-            .dns: dns,
-            .dropInvalid: [flag(.dropInvalid)],
-            .ownerGroups: groups.text == "*" ? [groups, knob(.ownerGroupsExclude)] : [groups],
-            .ipv4LoopbackCIDR: [knob(.ipv4LoopbackCIDR)],
-            .ipv6: [flag(.ipv6), flag(.dualStack)],
-        ]
     }
 }

@@ -14,6 +14,11 @@ public final class NetworkNamespaceHandle {
         public var device: UInt64
         public var inode: UInt64
 
+        public init(device: UInt64, inode: UInt64) {
+            self.device = device
+            self.inode = inode
+        }
+
         public var description: String { "net:[\(inode)]" }
     }
 

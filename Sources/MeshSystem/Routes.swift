@@ -23,7 +23,7 @@ public struct PolicyRouting {
         self.init(log: log, open: Self.openSocket, loopbackIndex: { if_nametoindex("lo") })
     }
 
-    static func openSocket() throws(Failure) -> any NetlinkIO {
+    public static func openSocket() throws(Failure) -> any NetlinkIO {
         do {
             return try NetlinkSocket(protocol: NETLINK_ROUTE, name: "NETLINK_ROUTE")
         } catch {

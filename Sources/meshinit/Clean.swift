@@ -42,83 +42,21 @@ struct Clean: ParsableCommand {
                 throw CommandFailure(status: .usage, message: "--force only applies to clean --all-namespaces")
             }
             let settings = try resolveSettings(given: try istio.given())
-            try cleanEverything(Context(settings))
+            try cleanOrPrint(Context(settings))
             return
         }
-        try cleanAllNamespaces(given: try istio.given(), force: force)
+        let settings = try resolveSettings(given: try istio.given(), enterNamespace: false)
+        try cleanAllNamespaces(settings, boundary: .live(.current()), force: force, print: writeStandardOutput)
     }
 }
 
-/// `clean --all-namespaces`: every network namespace on the node except our own, each
-/// cleaned of both backends' rules and our routes, with a report per namespace. A namespace
-/// where something listens on the proxy's outbound port is a live pod: skipped unless
-/// `force`. A namespace whose process exited during the walk is skipped, not an error.
-func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
-    let settings = try resolveSettings(given: given, enterNamespace: false)
-    let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
-    let dryRun = settings.run.dryRun
-    let proxyPort = settings.capture.proxyPort
-    let home = currentNetworkNamespaceInode()
-    var failures = 0
-    var cleaned = 0
-    var skipped = 0
-    for ns in listNetworkNamespaces() where ns.inode != home {
-        let label = "\(ns.path) (netns \(ns.inode))"
-        do {
-            // Entered through the file opened and checked now, not by its path: the PID may have
-            // been reused since the listing, even by a process of the caller's own namespace.
-            let outcome = try withListedNetworkNamespace(ns, refusing: home) { () throws -> NamespaceCleanup in
-                if !force, tcpListening(on: proxyPort.value) == true {
-                    return .live
-                }
-                var context = Context(settings)
-                context.log = Logger(level: .none, json: false)
-                if dryRun { return .planned(try planCleanup(context)) }
-                return .removed(try cleanEverything(context))
-            }
-            switch outcome {
-            case .live:
-                skipped += 1
-                log.warn(
-                    "\(label): skipped: something listens on port \(proxyPort) (a running proxy?); --force cleans it anyway"
-                )
-            case .planned(let plan):
-                if !plan.isEmpty { cleaned += 1 }
-                writeStandardOutput("# \(label)\n" + plan.text)
-            case .removed(let removed) where removed.isEmpty:
-                log.info("\(label): nothing of ours")
-            case .removed(let removed):
-                cleaned += 1
-                log.info("\(label): removed \(removed.joined(separator: "; "))")
-            }
-        } catch let error as NamespaceError where error.vanished {
-            log.info("\(label): gone before it was reached (its process exited): skipped")
-        } catch let error as NamespaceError where error.changed {
-            log.info(
-                "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
-        } catch let failure as CommandFailure {
-            failures += 1
-            log.log(.error, "\(label): \(failure.message)")
-        } catch {
-            failures += 1
-            log.log(.error, "\(label): \(error)")
-        }
-    }
-    let verb = dryRun ? "would clean" : "cleaned"
-    log.info(
-        "\(verb) \(cleaned) network namespaces, skipped \(skipped) with a listener on port \(proxyPort) (the caller's own namespace is skipped: use `meshinit clean`)"
-    )
-    if failures > 0 {
-        throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be cleaned")
-    }
-}
-
-/// What happened in one namespace of `clean --all-namespaces`.
-enum NamespaceCleanup {
-    /// Something listens on the proxy port: not touched.
-    case live
-    /// Dry run: what would be removed.
-    case planned(CleanupPlan)
-    /// What was removed.
-    case removed([String])
+/// `clean`: with `--dry-run` what would be removed is printed (nothing is locked or changed);
+/// otherwise everything of ours is removed (see `cleanEverything`). Returns what was removed
+/// (or would be), one line each.
+@discardableResult
+func cleanOrPrint(_ context: Context) throws(CommandFailure) -> [String] {
+    guard context.settings.run.dryRun else { return try cleanEverything(context) }
+    let plan = try planCleanup(context)
+    writeStandardOutput(plan.text)
+    return plan.isEmpty ? [] : ["(dry run)"]
 }

@@ -1,38 +1,35 @@
 import CArguments
 import MeshConfig
+import MeshRuntime
 import MeshSystem
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// The process environment, read here and nowhere else: the variables meshinit's flags and
-/// knobs read (looked up one by one, cheaper at start-up than copying `environ`), PATH, and
-/// — only when a child process is run — the whole environment for it.
-struct ProcessEnvironment {
-    /// Istio's flag variables and aliases, the env-only knobs: name → value.
-    var values: [String: String]
-    var path: String
-
+extension ProcessEnvironment {
+    /// The process environment, read here and nowhere else: the variables meshinit's flags
+    /// and knobs read (looked up one by one, cheaper at start-up than copying `environ`),
+    /// PATH, and — only when a child process is run — the whole environment for it.
     static func current() -> ProcessEnvironment {
         var values: [String: String] = [:]
         for name in IstioFlag.environmentNames + EnvironmentKnob.allCases.map(\.rawValue) {
             if let value = getenv(name) { values[name] = String(cString: value) }
         }
         let path = getenv("PATH").map { String(cString: $0) } ?? SpawnRunner.defaultPath
-        return ProcessEnvironment(values: values, path: path)
+        return ProcessEnvironment(values: values, path: path, entries: environmentEntries)
     }
+}
 
-    /// Every `K=V` entry of the environment, for child processes.
-    static func entries() -> [String] {
-        var out: [String] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            out.append(String(cString: entry))
-            cursor += 1
-        }
-        return out
+/// Every `K=V` entry of the environment, for child processes.
+@Sendable func environmentEntries() -> [String] {
+    var out: [String] = []
+    var cursor = environ
+    while let entry = cursor.pointee {
+        out.append(String(cString: entry))
+        cursor += 1
     }
+    return out
 }
 
 /// The process's arguments as the kernel passed them (an ELF constructor captures them:

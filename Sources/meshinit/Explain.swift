@@ -142,14 +142,8 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
         defaultBackend = config.backend == .iptables ? .iptables : .nft
         cniRequest = config.backendRequest
         input = PodDecision.input(config)
-        do {
-            if live, let netns { try enterNetworkNamespace(netns) }
-            settings = try ConfigResolver(system: HostLookup()).resolve(input)
-        } catch let error as ConfigError {
-            throw failure(error)
-        } catch let error as NamespaceError {
-            throw failure(error)
-        }
+        settings = try SystemBoundary.live(.current()).resolveForCommand(
+            .input(input), in: .path(live ? netns : nil), lookup: HostLookup())
     }
     printWarnings(settings)
     let plan = Planner.plan(settings.capture)

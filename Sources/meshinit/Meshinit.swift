@@ -1,4 +1,5 @@
 import ArgumentParser
+import MeshConfig
 
 /// `meshinit`: with no sub-command (or Istio's leading `istio-iptables`) it installs.
 struct Meshinit: ParsableCommand {
@@ -12,7 +13,9 @@ struct Meshinit: ParsableCommand {
 
             """ + IstioFlagHelp.text,
         version: meshinitVersionLine,
-        subcommands: [Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, CNICommand.self],
+        subcommands: [
+            Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, CNINodeCommand.self,
+        ],
         defaultSubcommand: Install.self
     )
 }

@@ -4,33 +4,8 @@ import MeshModel
 import MeshPlanner
 import MeshRender
 import MeshSystem
+import MeshTestKit
 import Testing
-
-/// A recording command runner: binaries exist if listed; `*-save` returns the current
-/// simulated dump; `*-restore` calls are recorded and answered by `restoreResult`.
-final class FakeRunner: CommandRunner, @unchecked Sendable {
-    var binaries: Set<String>
-    var dumps: [String: String] = [:]
-    var restoreResult: (String, [String], String) throws(CommandError) -> CommandResult = { _, _, _ in
-        CommandResult(status: 0)
-    }
-    /// What `*-save` answers, when set (a dump cut at the runner's limit, a failing save).
-    var saveResult: ((String) -> CommandResult)?
-    var calls: [(path: String, args: [String], stdin: String)] = []
-
-    init(binaries: Set<String>) { self.binaries = binaries }
-
-    func which(_ name: String) -> String? { binaries.contains(name) ? "/sbin/\(name)" : nil }
-
-    func run(_ path: String, _ arguments: [String], stdin: String) throws(CommandError) -> CommandResult {
-        calls.append((path, arguments, stdin))
-        let name = String(path.split(separator: "/").last ?? "")
-        if name.hasSuffix("-save") { return saveResult?(name) ?? CommandResult(status: 0, stdout: dumps[name] ?? "") }
-        return try restoreResult(name, arguments, stdin)
-    }
-
-    var restores: [(path: String, args: [String], stdin: String)] { calls.filter { $0.path.hasSuffix("-restore") } }
-}
 
 let allBinaries: Set<String> = [
     "iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",

@@ -1,3 +1,4 @@
+import MeshCNI
 import MeshConfig
 import MeshIptables
 import MeshNetlink
@@ -9,7 +10,7 @@ import MeshSystem
 
 /// sysexits-style exit codes (plus 126 for a failed validation probe, 3 for verify drift
 /// and 124, as timeout(1) exits, for a child killed at its deadline).
-enum ExitStatus: Int32 {
+public enum ExitStatus: Int32, Sendable {
     case ok = 0
     case failure = 1
     case drift = 3
@@ -22,18 +23,27 @@ enum ExitStatus: Int32 {
 }
 
 /// A failure with its exit status and a one-line message.
-struct CommandFailure: Error {
-    var status: ExitStatus
-    var message: String
+public struct CommandFailure: Error, Sendable, Hashable, CustomStringConvertible {
+    public var status: ExitStatus
+    public var message: String
+
+    public init(status: ExitStatus, message: String) {
+        self.status = status
+        self.message = message
+    }
+
+    public var description: String { message }
 }
 
 // Each layer's typed errors, mapped to an exit status.
 
-func failure(_ error: ConfigError) -> CommandFailure { CommandFailure(status: .usage, message: error.description) }
+public func failure(_ error: ConfigError) -> CommandFailure {
+    CommandFailure(status: .usage, message: error.description)
+}
 
-func failure(_ error: ArgumentError) -> CommandFailure { CommandFailure(status: .usage, message: error.message) }
+public func failure(_ error: ArgumentError) -> CommandFailure { CommandFailure(status: .usage, message: error.message) }
 
-func failure(_ error: IptablesError) -> CommandFailure {
+public func failure(_ error: IptablesError) -> CommandFailure {
     let status: ExitStatus =
         switch error.kind {
         case .unavailable: .unavailable
@@ -45,7 +55,7 @@ func failure(_ error: IptablesError) -> CommandFailure {
     return CommandFailure(status: status, message: error.message)
 }
 
-func failure(_ error: NetlinkError) -> CommandFailure {
+public func failure(_ error: NetlinkError) -> CommandFailure {
     let status: ExitStatus
     switch error.errno {
     case EPERM?, EACCES?:
@@ -66,17 +76,32 @@ func failure(_ error: NetlinkError) -> CommandFailure {
     return CommandFailure(status: status, message: error.description)
 }
 
-func failure(_ error: PolicyRouting.Failure) -> CommandFailure {
+public func failure(_ error: PolicyRouting.Failure) -> CommandFailure {
     CommandFailure(status: error.permission ? .permission : .failure, message: error.message)
 }
 
-func failure(_ error: NamespaceError) -> CommandFailure {
+public func failure(_ error: NamespaceError) -> CommandFailure {
     CommandFailure(status: error.errno == EPERM ? .permission : .failure, message: error.description)
 }
 
-func failure(_ error: NamespaceLock.Failure) -> CommandFailure {
+public func failure(_ error: NamespaceLock.Failure) -> CommandFailure {
     switch error {
     case .busy: CommandFailure(status: .temporary, message: error.description)
     case .system: CommandFailure(status: .failure, message: error.description)
+    }
+}
+
+extension ExitStatus {
+    /// The one table from an error's class to what the CNI runtime is told (the CLI exits
+    /// with the status itself).
+    public var cniCode: CNIErrorCode {
+        switch self {
+        case .usage: .invalidConfig
+        case .permission: .permission
+        case .unavailable: .unavailable
+        case .temporary, .childTimeout: .tryAgainLater
+        case .drift: .drift
+        case .ok, .failure, .validation: .installFailed
+        }
     }
 }

@@ -9,16 +9,16 @@ import MeshSystem
 #endif
 
 /// The two ways rules are installed.
-enum RulesBackend: Sendable, Hashable {
+public enum RulesBackend: Sendable, Hashable {
     case iptables
     /// nftables through netlink (`--native-nftables`).
     case netlink
 
-    var name: String { self == .netlink ? "nftables (netlink)" : "iptables" }
+    public var name: String { self == .netlink ? "nftables (netlink)" : "iptables" }
 }
 
 /// What the flags (or the CNI configuration) ask for.
-enum BackendRequest: Sendable, Hashable {
+public enum BackendRequest: Sendable, Hashable {
     /// `--native-nftables`, a forced iptables binary, `"backend": "nftables"|"iptables"`.
     case forced(RulesBackend)
     /// Nothing forced: the backend that already holds our rules, else `fallback`.
@@ -28,7 +28,7 @@ enum BackendRequest: Sendable, Hashable {
 extension PluginConfig {
     /// The plugin's `backend` key: `auto` converges on the backend holding our rules, and
     /// installs through netlink where there are none.
-    var backendRequest: BackendRequest {
+    public var backendRequest: BackendRequest {
         switch backend {
         case .auto: .auto(fallback: .netlink)
         case .nftables: .forced(.netlink)
@@ -38,30 +38,30 @@ extension PluginConfig {
 }
 
 /// Which backends hold rules of ours in this namespace.
-struct Holdings: Sendable, Hashable {
+public struct Holdings: Sendable, Hashable {
     /// Our nft tables (`inet istio-proxy-*`).
-    var nftTables: [String]
+    public var nftTables: [String]
     /// Whether iptables (legacy or nft) holds chains or rules of ours.
-    var iptables: Bool
+    public var iptables: Bool
 
-    var backends: [RulesBackend] { (iptables ? [.iptables] : []) + (nftTables.isEmpty ? [] : [.netlink]) }
+    public var backends: [RulesBackend] { (iptables ? [.iptables] : []) + (nftTables.isEmpty ? [] : [.netlink]) }
 }
 
 extension Context {
     /// `--native-nftables` → netlink; a forced iptables binary (`--iptables-version`,
     /// `FORCE_IPTABLES_BINARY`) → iptables; otherwise auto, falling back to iptables where an
     /// iptables-restore exists and to netlink where none does.
-    var backendRequest: BackendRequest {
+    public var backendRequest: BackendRequest {
         if settings.run.nativeNftables { return .forced(.netlink) }
         if settings.run.forceIptablesVariant != nil { return .forced(.iptables) }
         return .auto(fallback: hasIptablesBinary ? .iptables : .netlink)
     }
 
-    var hasIptablesBinary: Bool { (try? iptables.tools(for: .ipv4)) != nil }
+    public var hasIptablesBinary: Bool { (try? iptables.tools(for: .ipv4)) != nil }
 
     /// The kernel's nft table list, read once per run until something is written (see
     /// `RunCache`); nil where the kernel has no nf_tables.
-    func nftInventory() throws -> NftTables? {
+    public func nftInventory() throws(CommandFailure) -> NftTables? {
         if let known = cache.inventory { return known }
         do {
             let inventory = try NftablesBackend(transport: try sockets.get()).inventory()
@@ -76,14 +76,14 @@ extension Context {
     /// Whether iptables holds rules of ours: `ISTIO_*` chains in iptables-nft's `ip`/`ip6`
     /// tables (one netlink dump, only where such tables exist), or in legacy tables (their
     /// `*-save`, only where legacy tables are loaded). Unreadable counts as none.
-    func iptablesHoldsOurs(_ inventory: NftTables?) -> Bool {
+    public func iptablesHoldsOurs(_ inventory: NftTables?) -> Bool {
         if let inventory, inventory.hasIptablesNftTables(ipv6: false) || inventory.hasIptablesNftTables(ipv6: true),
             let socket = try? sockets.get(),
             let chains = try? NftablesBackend(transport: socket).iptablesNftChains(), !chains.isEmpty
         {
             return true
         }
-        let families = Family.allCases.filter(legacyTablesLoaded)
+        let families = Family.allCases.filter(boundary.legacyTablesLoaded)
         guard !families.isEmpty else { return false }
         var legacy = iptables
         legacy.forced = .legacy
@@ -94,7 +94,7 @@ extension Context {
     }
 
     /// Which backends hold rules of ours.
-    func holdings() throws -> Holdings {
+    public func holdings() throws(CommandFailure) -> Holdings {
         let inventory = try nftInventory()
         return Holdings(nftTables: inventory?.ours ?? [], iptables: iptablesHoldsOurs(inventory))
     }
@@ -104,7 +104,7 @@ extension Context {
     /// container or the other way round never adds a second copy through the other backend);
     /// otherwise the fallback. Costs nothing on a first install: the one table dump it reads
     /// is the one the install reads anyway.
-    func installBackend(_ request: BackendRequest) throws -> RulesBackend {
+    public func installBackend(_ request: BackendRequest) throws(CommandFailure) -> RulesBackend {
         let fallback: RulesBackend
         switch request {
         case .forced(let chosen): return chosen
@@ -151,7 +151,7 @@ extension Context {
 
     /// The backends `verify`, `explain --live` and CNI CHECK compare: the forced one; else
     /// those that hold our rules (both, said so, when both do); else the fallback.
-    func installedBackends(_ request: BackendRequest) throws -> [RulesBackend] {
+    public func installedBackends(_ request: BackendRequest) throws(CommandFailure) -> [RulesBackend] {
         switch request {
         case .forced(let chosen):
             return [chosen]
@@ -177,11 +177,4 @@ extension Context {
             }
         }
     }
-}
-
-/// What a run has read once and may use again until it writes.
-final class RunCache {
-    /// The nft table list (its generation included), read while choosing the backend; cleared
-    /// once rules are written, so that nothing acts on a list from before its own write.
-    var inventory: NftTables?
 }

@@ -1,4 +1,3 @@
-import ArgumentParser
 import MeshConfig
 import MeshIptables
 import MeshModel
@@ -11,22 +10,23 @@ import MeshSystem
     import Glibc
 #endif
 
-struct CleanupPlan {
-    var iptables: [IptablesBackend.CleanupStep] = []
+/// What a cleanup removes, read from the live state.
+public struct CleanupPlan: Sendable {
+    public var iptables: [IptablesBackend.CleanupStep] = []
     /// Our nft tables (`istio-proxy-*`) present.
-    var nftTables: [String] = []
-    var routes: [PolicyRouting.Removal] = []
+    public var nftTables: [String] = []
+    public var routes: [PolicyRouting.Removal] = []
     /// Families cleaned (IPv6 is left out where the kernel cannot hold it).
-    var families: [Family] = Family.allCases
+    public var families: [Family] = Family.allCases
     /// Families whose iptables could not be read (IPv6 disabled, ip6tables not working).
-    var unreadableIptables: [Family] = []
+    public var unreadableIptables: [Family] = []
     /// Things worth saying, e.g. why IPv6 was skipped.
-    var notes: [String] = []
+    public var notes: [String] = []
 
-    var isEmpty: Bool { iptables.isEmpty && nftTables.isEmpty && routes.isEmpty }
+    public var isEmpty: Bool { iptables.isEmpty && nftTables.isEmpty && routes.isEmpty }
 
     /// The plan as text: iptables-restore payloads, nft commands, ip commands.
-    var text: String {
+    public var text: String {
         var out = notes.map { "# note: \($0)\n" }.joined()
         if isEmpty { return out + "# nothing of ours installed\n" }
         for step in iptables {
@@ -43,9 +43,9 @@ struct CleanupPlan {
 }
 
 /// Reads what a cleanup would remove; changes nothing.
-func planCleanup(_ context: Context) throws -> CleanupPlan {
+public func planCleanup(_ context: Context) throws(CommandFailure) -> CleanupPlan {
     var plan = CleanupPlan()
-    let ipv6 = IPv6Availability.current()
+    let ipv6 = context.boundary.ipv6()
     if ipv6 == .unsupported, let reason = ipv6.reason {
         plan.families = [.ipv4]
         plan.notes.append("\(reason): IPv6 rules and routes skipped")
@@ -83,13 +83,14 @@ func planCleanup(_ context: Context) throws -> CleanupPlan {
 }
 
 /// Carries out a cleanup plan; returns what was removed, one line each. Idempotent.
-func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] {
+public func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws(CommandFailure) -> [String] {
     var removed: [String]
     do {
         removed = try context.iptables.clean(plan.iptables)
     } catch {
         throw failure(error)
     }
+    var left: [String] = []
     do {
         let nl = NftablesBackend(transport: try context.sockets.get())
         if !plan.nftTables.isEmpty {
@@ -98,16 +99,16 @@ func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] 
         }
         // iptables-nft rules of ours that no iptables binary here could remove: say so.
         let cleaned = plan.families.filter { !plan.unreadableIptables.contains($0) }
-        let left = try nl.iptablesNftChains().filter { cleaned.contains($0.hasPrefix("ip6 ") ? .ipv6 : .ipv4) }
-        if !left.isEmpty {
-            throw CommandFailure(
-                status: .unavailable,
-                message:
-                    "iptables rules of ours remain (\(left.joined(separator: ", "))) and no iptables-restore is available to remove them; run meshinit clean where iptables is installed"
-            )
-        }
-    } catch let error as NetlinkError {
+        left = try nl.iptablesNftChains().filter { cleaned.contains($0.hasPrefix("ip6 ") ? .ipv6 : .ipv4) }
+    } catch {
         if error.errno != EPROTONOSUPPORT && error.errno != EAFNOSUPPORT { throw failure(error) }
+    }
+    if !left.isEmpty {
+        throw CommandFailure(
+            status: .unavailable,
+            message:
+                "iptables rules of ours remain (\(left.joined(separator: ", "))) and no iptables-restore is available to remove them; run meshinit clean where iptables is installed"
+        )
     }
     do {
         removed += try context.routing.remove(plan.routes)
@@ -118,16 +119,11 @@ func executeCleanup(_ plan: CleanupPlan, _ context: Context) throws -> [String] 
 }
 
 /// Removes our rules (both backends) and routes, found from the live state, holding the
-/// namespace lock; idempotent. With `--dry-run` it prints what it would remove and changes
-/// nothing. Returns what was removed (or would be), one line each.
+/// namespace lock; idempotent. Returns what was removed, one line each. (A dry run is
+/// `planCleanup` and its `text`: nothing is locked or changed.)
 @discardableResult
-func cleanEverything(_ context: Context) throws -> [String] {
-    if context.settings.run.dryRun {
-        let plan = try planCleanup(context)
-        writeStandardOutput(plan.text)
-        return plan.isEmpty ? [] : ["(dry run)"]
-    }
-    let lock = try lockNamespace(context)
+public func cleanEverything(_ context: Context) throws(CommandFailure) -> [String] {
+    let lock = try context.lockNamespace()
     defer { withExtendedLifetime(lock) {} }
     let plan = try planCleanup(context)
     for note in plan.notes { context.log.info(note) }

@@ -11,12 +11,12 @@ import MeshSystem
 /// rollback after a failed ADD. Unlike `clean` (which stops at the first failure and says so),
 /// every part is tried, whatever failed before it, and each failure is kept: the runtime is
 /// told exactly what stayed behind.
-struct CNIRemoval {
-    var removed: [String] = []
-    var failures: [CommandFailure] = []
-    var notes: [String] = []
+public struct CNIRemoval: Sendable {
+    public var removed: [String] = []
+    public var failures: [CommandFailure] = []
+    public var notes: [String] = []
 
-    var summary: String {
+    public var summary: String {
         var parts: [String] = []
         if !removed.isEmpty { parts.append("removed \(removed.joined(separator: "; "))") }
         if !failures.isEmpty { parts.append("could not remove: \(failures.map(\.message).joined(separator: "; "))") }
@@ -25,9 +25,9 @@ struct CNIRemoval {
 
     /// Removes our iptables rules (each family and variant on its own), our nft tables and our
     /// TPROXY routes from the current network namespace; the caller holds the namespace lock.
-    static func run(_ context: Context) -> CNIRemoval {
+    public static func run(_ context: Context) -> CNIRemoval {
         var r = CNIRemoval()
-        let ipv6 = IPv6Availability.current()
+        let ipv6 = context.boundary.ipv6()
         var families = Family.allCases
         if ipv6 == .unsupported, let reason = ipv6.reason {
             families = [.ipv4]

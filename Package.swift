@@ -21,6 +21,8 @@ import PackageDescription
 //                  (with CMeshShims: setns, pipe2; CRtnetlink: the kernel's rtnetlink constants)
 //   MeshIptables   applier: live state (iptables-save) → converging iptables-restore
 //   MeshNetlink    applier: plan → one nf_tables batch over libnftnl/libmnl (CNftnl), read back
+//   MeshStats      the installed rules' counters joined with explain's reading of them: per
+//                  capture path, attributed; text, JSON, Prometheus; the node audit's verdicts
 //     ↑
 //   meshinit       the CLI (swift-argument-parser): the only code that reads argv and the
 //                  environment (CArguments captures argv), one file per command
@@ -51,11 +53,13 @@ let package = Package(
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
         .target(name: "MeshNetlink", dependencies: ["CNftnl", "MeshModel", "MeshRender", "MeshSystem"]),
+        .target(
+            name: "MeshStats", dependencies: ["MeshModel", "MeshRender", "MeshExplain", "MeshIptables", "MeshNetlink"]),
         .executableTarget(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "MeshCNI", "MeshExplain", "CArguments",
+                "MeshCNI", "MeshExplain", "MeshStats", "CArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
@@ -105,6 +109,10 @@ let package = Package(
                 "MeshExplain", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshIptables", "MeshCNI",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
+        ),
+        .testTarget(
+            name: "MeshStatsTests",
+            dependencies: ["MeshStats", "MeshExplain", "MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel"]
         ),
         .testTarget(
             name: "MeshRenderTests",

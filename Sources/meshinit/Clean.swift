@@ -58,48 +58,42 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
     let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
     let dryRun = settings.run.dryRun
     let proxyPort = settings.capture.proxyPort
-    let home = currentNetworkNamespaceInode()
     var failures = 0
     var cleaned = 0
     var skipped = 0
-    for ns in listNetworkNamespaces() where ns.inode != home {
+    walkNetworkNamespaces { _ throws -> NamespaceCleanup in
+        if !force, tcpListening(on: proxyPort.value) == true {
+            return .live
+        }
+        var context = Context(settings)
+        context.log = Logger(level: .none, json: false)
+        if dryRun { return .planned(try planCleanup(context)) }
+        return .removed(try cleanEverything(context))
+    } visited: { ns, visit in
         let label = "\(ns.path) (netns \(ns.inode))"
-        do {
-            // Entered through the file opened and checked now, not by its path: the PID may have
-            // been reused since the listing, even by a process of the caller's own namespace.
-            let outcome = try withListedNetworkNamespace(ns, refusing: home) { () throws -> NamespaceCleanup in
-                if !force, tcpListening(on: proxyPort.value) == true {
-                    return .live
-                }
-                var context = Context(settings)
-                context.log = Logger(level: .none, json: false)
-                if dryRun { return .planned(try planCleanup(context)) }
-                return .removed(try cleanEverything(context))
-            }
-            switch outcome {
-            case .live:
-                skipped += 1
-                log.warn(
-                    "\(label): skipped: something listens on port \(proxyPort) (a running proxy?); --force cleans it anyway"
-                )
-            case .planned(let plan):
-                if !plan.isEmpty { cleaned += 1 }
-                writeStandardOutput("# \(label)\n" + plan.text)
-            case .removed(let removed) where removed.isEmpty:
-                log.info("\(label): nothing of ours")
-            case .removed(let removed):
-                cleaned += 1
-                log.info("\(label): removed \(removed.joined(separator: "; "))")
-            }
-        } catch let error as NamespaceError where error.vanished {
+        switch visit {
+        case .visited(.live):
+            skipped += 1
+            log.warn(
+                "\(label): skipped: something listens on port \(proxyPort) (a running proxy?); --force cleans it anyway"
+            )
+        case .visited(.planned(let plan)):
+            if !plan.isEmpty { cleaned += 1 }
+            writeStandardOutput("# \(label)\n" + plan.text)
+        case .visited(.removed(let removed)) where removed.isEmpty:
+            log.info("\(label): nothing of ours")
+        case .visited(.removed(let removed)):
+            cleaned += 1
+            log.info("\(label): removed \(removed.joined(separator: "; "))")
+        case .vanished:
             log.info("\(label): gone before it was reached (its process exited): skipped")
-        } catch let error as NamespaceError where error.changed {
+        case .changed:
             log.info(
                 "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
-        } catch let failure as CommandFailure {
+        case .failed(let failure as CommandFailure):
             failures += 1
             log.log(.error, "\(label): \(failure.message)")
-        } catch {
+        case .failed(let error):
             failures += 1
             log.log(.error, "\(label): \(error)")
         }

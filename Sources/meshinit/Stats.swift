@@ -1,0 +1,190 @@
+import ArgumentParser
+import MeshConfig
+import MeshExplain
+import MeshIptables
+import MeshModel
+import MeshNetlink
+import MeshPlanner
+import MeshStats
+import MeshSystem
+
+extension StatsFormat: ExpressibleByArgument {}
+
+struct StatsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stats",
+        abstract:
+            "Packet and byte counters of the installed rules, per capture path, with the flag behind each rule; --all-namespaces audits the node.",
+        discussion: """
+            Reads the counters of our rules from the kernel (iptables-save -c; nft counters over \
+            netlink) in this namespace (or --network-namespace), from the backend that holds them \
+            (--native-nftables: nft only), and reports them per capture path: outbound, inbound and \
+            DNS captured, and each bypass (the proxy's uid/gid, excluded ports, CIDRs, interfaces). \
+            Each rule is attributed as explain attributes it, to the flags given (without flags: \
+            Istio's defaults); a rule they do not plan is shown unattributed. \
+            --format prometheus writes Prometheus' text format (for node_exporter's textfile collector).
+
+            --all-namespaces: every network namespace on the node but this one: which backend holds \
+            our rules, and whether a proxy listening on the capture ports (-p, -z) is captured; \
+            exit 3 when one is not, or only partly (listed as uncaptured).
+
+            """ + IstioFlagHelp.text
+    )
+
+    @Option(help: "Output: text, json or prometheus.") var format: StatsFormat = .text
+    @Flag(
+        name: .customLong("all-namespaces"),
+        help:
+            "Audit every network namespace on the node (/run/netns/*, /proc/*/ns/net) except this one: exit 3 if a listening proxy is not captured."
+    )
+    var allNamespaces = false
+    @OptionGroup var istio: IstioFlagArguments
+
+    func run() throws {
+        let given = try istio.given()
+        if allNamespaces {
+            try auditNode(given: given, format: format)
+            return
+        }
+        let settings = try resolveSettings(given: given)
+        var context = Context(settings)
+        context.log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
+        let stats = try readStats(StatsInput(settings, given: given, environment: context.environment), context).stats
+        switch format {
+        case .text: writeStandardOutput(stats.text())
+        case .json: writeStandardOutput(stats.json.serialized + "\n")
+        case .prometheus: writeStandardOutput(Prometheus.exposition([stats]))
+        }
+    }
+}
+
+/// The plan and the sources of its settings, which attribute each rule read back.
+struct StatsInput {
+    var plan: Plan
+    var sources: [CaptureSetting: [String]]
+    var settings: Settings
+
+    init(_ settings: Settings, given: [IstioFlag: String], environment: ProcessEnvironment) {
+        self.settings = settings
+        plan = Planner.plan(settings.capture)
+        sources = ConfigInput(flags: given, environment: environment.values).origins(of: settings).mapValues {
+            $0.map(\.description)
+        }
+    }
+}
+
+/// The counted rules of the backends holding ours here (the forced one, with
+/// `--native-nftables` or a forced iptables binary), and the rules as explain walks them.
+func readStats(_ input: StatsInput, _ context: Context) throws -> (stats: NamespaceStats, rulesets: [Ruleset]) {
+    let held: [RulesBackend]
+    switch context.backendRequest {
+    case .forced(let chosen): held = [chosen]
+    case .auto: held = try context.holdings().backends
+    }
+    var rules: [CountedRule] = []
+    var rulesets: [Ruleset] = []
+    for installed in held {
+        let backend: Backend = installed == .netlink ? .nft : .iptables
+        // Two reads (the rules with their attribution, then their counters): joined only when
+        // every rule is the same in both; read again when they changed in between.
+        var joined: (Ruleset, [CountedRule])?
+        for _ in 0..<5 where joined == nil {
+            let ruleset = try readLiveRules(input.plan, backend: backend, context).0
+            let report = Report(ruleset: ruleset, sources: input.sources)
+            switch backend {
+            case .nft:
+                do {
+                    let chains = try context.netlink().liveRules(comparedWith: input.plan)
+                    joined = CounterJoin.nft(report, chains: chains, plan: input.plan).map { (ruleset, $0) }
+                } catch let error as NetlinkError {
+                    throw failure(error)
+                }
+            case .iptables:
+                var dumps: [Family: [SavedTable]] = [:]
+                for family in Family.allCases {
+                    // As explain reads them: IPv6 only where it is available.
+                    if family == .ipv6, IPv6Availability.current() != .available { continue }
+                    do {
+                        dumps[family] = try context.iptables.liveCounters(family: family)
+                    } catch {
+                        throw failure(error)
+                    }
+                }
+                joined = CounterJoin.iptables(report, dumps: dumps, plan: input.plan).map { (ruleset, $0) }
+            }
+        }
+        guard let (ruleset, counted) = joined else {
+            throw CommandFailure(
+                status: .temporary, message: "the \(installed.name) rules changed during each of 5 reads of their counters")
+        }
+        rulesets.append(ruleset)
+        rules += counted
+    }
+    return (NamespaceStats(backends: held.map { $0 == .netlink ? .nft : .iptables }, rules: rules), rulesets)
+}
+
+/// `stats --all-namespaces`: every namespace on the node but ours (the walk of `clean
+/// --all-namespaces`), audited; exit 3 naming those where a proxy listens uncaptured.
+func auditNode(given: [IstioFlag: String], format: StatsFormat) throws {
+    let settings = try resolveSettings(given: given, enterNamespace: false)
+    let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
+    let environment = ProcessEnvironment.current()
+    let input = StatsInput(settings, given: given, environment: environment)
+    let proxyPort = settings.capture.proxyPort
+    let inboundPort = settings.capture.inboundCapturePort
+    var audits: [NamespaceAudit] = []
+    var failures = 0
+    walkNetworkNamespaces { ns throws -> NamespaceAudit in
+        var listening: [Port] = []
+        for port in [proxyPort, inboundPort] where !listening.contains(port) && tcpListening(on: port.value) == true {
+            listening.append(port)
+        }
+        var context = Context(settings, environment: environment)
+        context.log = Logger(level: .none, json: false)
+        let (stats, rulesets) = try readStats(input, context)
+        let problems = NamespaceAudit.problems(
+            listening: listening, proxyPort: proxyPort, inboundPort: inboundPort, rulesets: rulesets)
+        var named = stats
+        named.namespace = ns.path
+        return NamespaceAudit(
+            namespace: ns.path, inode: ns.inode, backends: stats.backends, listening: listening, problems: problems,
+            stats: named)
+    } visited: { ns, visit in
+        let label = "\(ns.path) (netns \(ns.inode))"
+        switch visit {
+        case .visited(let audit): audits.append(audit)
+        case .vanished: log.info("\(label): gone before it was reached (its process exited): skipped")
+        case .changed:
+            log.info(
+                "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
+        case .failed(let failure as CommandFailure):
+            failures += 1
+            log.log(.error, "\(label): \(failure.message)")
+        case .failed(let error):
+            failures += 1
+            log.log(.error, "\(label): \(error)")
+        }
+    }
+    let uncaptured = audits.filter(\.uncaptured)
+    switch format {
+    case .text: writeStandardOutput(audits.map(\.text).joined())
+    case .json:
+        let report = JSONValue.object([
+            ("namespaces", .array(audits.map(\.json))),
+            ("uncaptured", .array(uncaptured.map { .string($0.namespace) })),
+        ])
+        writeStandardOutput(report.serialized + "\n")
+    case .prometheus: writeStandardOutput(Prometheus.exposition(audits.compactMap(\.stats), audits: audits))
+    }
+    if failures > 0 {
+        throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be read")
+    }
+    guard uncaptured.isEmpty else {
+        throw CommandFailure(
+            status: .drift,
+            message:
+                "uncaptured: a proxy listens but its traffic is not (or only partly) captured in \(uncaptured.map { "\($0.namespace) (netns \($0.inode))" }.joined(separator: ", "))"
+        )
+    }
+    log.info("\(audits.count) network namespaces audited, none uncaptured")
+}

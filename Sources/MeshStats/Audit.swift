@@ -14,12 +14,15 @@ public struct NamespaceAudit: Sendable {
     /// Why the listening proxy's traffic is not (or only partly) captured; empty: it is, or
     /// no proxy listens.
     public var problems: [String]
+    /// What could not be judged (see `assess`).
+    public var notes: [String]
     public var stats: NamespaceStats?
 
     public init(
         namespace: String, inode: UInt64, backends: [Backend], listening: [Port], problems: [String],
-        stats: NamespaceStats?
+        notes: [String] = [], stats: NamespaceStats?
     ) {
+        self.notes = notes
         self.namespace = namespace
         self.inode = inode
         self.backends = backends
@@ -43,18 +46,23 @@ public struct NamespaceAudit: Sendable {
 
     /// What is wrong with the capture of a namespace where something listens on `listening`
     /// (a subset of `proxyPort`, `inboundPort`), given the kernel's rules of each backend that
-    /// holds ours (`rulesets`, as explain reads them back). Outbound: an app's connection out
-    /// of the pod (`outboundProbe`) must be redirected to the proxy port by some backend's
-    /// rules. Inbound: some rule must redirect (or TPROXY) to the inbound port.
-    public static func problems(listening: [Port], proxyPort: Port, inboundPort: Port, rulesets: [Ruleset])
-        -> [String]
+    /// holds ours (`rulesets`, as explain reads them back), and what could not be judged.
+    /// Outbound: an app's connection out of the pod (`outboundProbe`) must be redirected to
+    /// the proxy port by some backend's rules. Inbound: a rule of a chain reached from
+    /// PREROUTING must redirect (or TPROXY) to the inbound port (which ports it captures is
+    /// the flags' choice). A live rule explain cannot evaluate (an nft rule the flags given do
+    /// not plan: pass the pod's flags) makes a path unjudged — a note, not a problem — unless
+    /// no rule redirects to that port at all.
+    public static func assess(listening: [Port], proxyPort: Port, inboundPort: Port, rulesets: [Ruleset])
+        -> (problems: [String], notes: [String])
     {
-        guard !listening.isEmpty else { return [] }
+        guard !listening.isEmpty else { return ([], []) }
         let ports = listening.map(\.description).joined(separator: ", ")
         guard !rulesets.isEmpty else {
-            return ["something listens on \(ports) but no rules of ours are installed (neither iptables nor nftables)"]
+            return (["something listens on \(ports) but no rules of ours are installed (neither iptables nor nftables)"], [])
         }
-        var out: [String] = []
+        var problems: [String] = []
+        var notes: [String] = []
         if listening.contains(proxyPort), let packet = try? Packet.parse(outboundProbe) {
             let walks = rulesets.map { Explainer(ruleset: $0).explain(packet) }
             let captured = walks.contains { walk in
@@ -64,23 +72,52 @@ public struct NamespaceAudit: Sendable {
                 default: false
                 }
             }
-            if !captured, let walk = walks.first {
+            if captured {
+            } else if walks.contains(where: { $0.verdict == .uncertain }),
+                rulesets.contains(where: { redirects($0, to: proxyPort) })
+            {
+                notes.append(
+                    "outbound not judged: a rule on the path of \(packet) is one explain cannot evaluate (a rule the flags given do not plan: give the pod's flags)"
+                )
+            } else if let walk = walks.first {
                 let report = Report(ruleset: rulesets[0], sources: [:])
-                out.append(
+                problems.append(
                     "outbound not captured: \(packet) is \(report.verdictText(walk)), not redirected to the proxy on \(proxyPort)"
                 )
             }
         }
-        if listening.contains(inboundPort), !rulesets.contains(where: { redirectsInbound($0, to: inboundPort) }) {
-            out.append(
-                "inbound not captured: no rule reached from PREROUTING redirects to the proxy's inbound port \(inboundPort)")
+        if listening.contains(inboundPort) {
+            let reach = rulesets.map { reachesFromPrerouting($0, port: inboundPort) }
+            if reach.contains(true) {
+            } else if reach.contains(nil), rulesets.contains(where: { redirects($0, to: inboundPort) }) {
+                notes.append(
+                    "inbound not judged: a rule reached from PREROUTING is one explain cannot evaluate (a rule the flags given do not plan: give the pod's flags)"
+                )
+            } else {
+                problems.append(
+                    "inbound not captured: no rule reached from PREROUTING redirects to the proxy's inbound port \(inboundPort)"
+                )
+            }
         }
-        return out
+        return (problems, notes)
+    }
+
+    /// Whether any rule redirects (or TPROXYs) to `port`.
+    static func redirects(_ ruleset: Ruleset, to port: Port) -> Bool {
+        ruleset.entries.contains { entry in
+            switch entry.target {
+            case .redirect(let to)?: to == port
+            case .tproxy(let to, _)?: to == port
+            default: false
+            }
+        }
     }
 
     /// Whether a rule of a chain reached from PREROUTING (through jumps) redirects or
-    /// TPROXYs to `port`: arriving traffic can be captured (which ports is the flags' choice).
-    static func redirectsInbound(_ ruleset: Ruleset, to port: Port) -> Bool {
+    /// TPROXYs to `port`; nil when it does not as far as can be told, but a reached rule
+    /// is one explain cannot follow.
+    static func reachesFromPrerouting(_ ruleset: Ruleset, port: Port) -> Bool? {
+        var opaque = false
         for view in ruleset.chains.values {
             var pending = view.keys.filter { $0.chain == .builtin(.prerouting) }
             var seen = Set(pending)
@@ -92,12 +129,13 @@ public struct NamespaceAudit: Sendable {
                     case .jump(let chain)?:
                         let next = TableChain(table: key.table, chain: .own(chain))
                         if seen.insert(next).inserted { pending.append(next) }
+                    case nil: opaque = true
                     default: break
                     }
                 }
             }
         }
-        return false
+        return opaque ? nil : false
     }
 
     public var text: String {
@@ -105,6 +143,7 @@ public struct NamespaceAudit: Sendable {
         out += "; backends: \(backends.isEmpty ? "none" : backends.map(\.rawValue).joined(separator: ", "))"
         out += "; listening: \(listening.isEmpty ? "none" : listening.map(\.description).joined(separator: ", "))\n"
         for problem in problems { out += "  \(problem)\n" }
+        for note in notes { out += "  note: \(note)\n" }
         return out
     }
 
@@ -113,7 +152,7 @@ public struct NamespaceAudit: Sendable {
             ("namespace", .string(namespace)), ("inode", .numberText(String(inode))), ("status", .string(status)),
             ("uncaptured", .bool(uncaptured)), ("backends", .array(backends.map { .string($0.rawValue) })),
             ("listening", .array(listening.map { .int($0.value) })),
-            ("problems", .array(problems.map(JSONValue.string))),
+            ("problems", .array(problems.map(JSONValue.string))), ("notes", .array(notes.map(JSONValue.string))),
         ]
         if let stats { members.append(("stats", stats.json)) }
         return .object(members)

@@ -142,13 +142,13 @@ func auditNode(given: [IstioFlag: String], format: StatsFormat) throws {
         var context = Context(settings, environment: environment)
         context.log = Logger(level: .none, json: false)
         let (stats, rulesets) = try readStats(input, context)
-        let problems = NamespaceAudit.problems(
+        let (problems, notes) = NamespaceAudit.assess(
             listening: listening, proxyPort: proxyPort, inboundPort: inboundPort, rulesets: rulesets)
         var named = stats
         named.namespace = ns.path
         return NamespaceAudit(
             namespace: ns.path, inode: ns.inode, backends: stats.backends, listening: listening, problems: problems,
-            stats: named)
+            notes: notes, stats: named)
     } visited: { ns, visit in
         let label = "\(ns.path) (netns \(ns.inode))"
         switch visit {

@@ -129,12 +129,13 @@ struct Setup {
 @Test func auditProblems() throws {
     let p = Port(15001)!
     let z = Port(15006)!
-    #expect(NamespaceAudit.problems(listening: [], proxyPort: p, inboundPort: z, rulesets: []).isEmpty)
-    #expect(NamespaceAudit.problems(listening: [p], proxyPort: p, inboundPort: z, rulesets: []).count == 1)
+    #expect(NamespaceAudit.assess(listening: [], proxyPort: p, inboundPort: z, rulesets: []).problems.isEmpty)
+    #expect(NamespaceAudit.assess(listening: [p], proxyPort: p, inboundPort: z, rulesets: []).problems.count == 1)
     let full = Ruleset(plan: try Setup(seed).plan, backend: .nft)
-    #expect(NamespaceAudit.problems(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [full]).isEmpty)
+    #expect(NamespaceAudit.assess(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [full]) == ([], []))
     let excluded = Ruleset(plan: try Setup(seed + ["-x", "0.0.0.0/0", "-b", ""]).plan, backend: .iptables)
-    let problems = NamespaceAudit.problems(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [excluded])
+    let (problems, notes) = NamespaceAudit.assess(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [excluded])
     #expect(problems.count == 2)
     #expect(problems.first?.hasPrefix("outbound not captured") == true)
+    #expect(notes.isEmpty)
 }

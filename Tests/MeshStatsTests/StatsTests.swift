@@ -91,7 +91,7 @@ struct Setup {
     _ = try find(.bypassProxyOwner, "-u/--proxy-uid")
     _ = try find(.bypassInterface, "-c/--istio-exclude-interfaces")
     #expect(rules.contains { $0.path == .bypassLoopback && $0.rule.contains("127.0.0.6") })
-    #expect(rules.allSatisfy(\.attributed))
+    #expect(rules.allSatisfy { $0.attributed })
     // Every counter is on the rule it was dumped with: rule n has n packets, in dump order.
     #expect(rules.map(\.packets) == rules.indices.map { UInt64($0 + 1) })
 }

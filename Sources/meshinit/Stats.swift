@@ -8,6 +8,10 @@ import MeshPlanner
 import MeshStats
 import MeshSystem
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 extension StatsFormat: ExpressibleByArgument {}
 
 struct StatsCommand: ParsableCommand {
@@ -38,22 +42,69 @@ struct StatsCommand: ParsableCommand {
             "Audit every network namespace on the node (/run/netns/*, /proc/*/ns/net) except this one: exit 3 if a listening proxy is not captured."
     )
     var allNamespaces = false
+    @Option(
+        help: ArgumentHelp(
+            "Write the report to this file (replaced atomically: a reader, such as node_exporter's textfile collector, never sees a part) instead of stdout.",
+            valueName: "file"))
+    var output: String?
+    @Option(
+        help: ArgumentHelp(
+            "Repeat every DURATION (Go syntax: 30s, 1m), forever, for a DaemonSet; a round that fails is logged and the next one runs.",
+            valueName: "duration"))
+    var interval: String?
     @OptionGroup var istio: IstioFlagArguments
 
     func run() throws {
         let given = try istio.given()
-        if allNamespaces {
-            try auditNode(given: given, format: format)
-            return
+        var every: Int64?
+        if let interval {
+            guard let ms = parseGoDuration(interval), ms >= 1000 else {
+                throw CommandFailure(
+                    status: .usage, message: "invalid value \(quoted(interval)) for --interval: expected 1s or more")
+            }
+            every = ms
         }
-        let settings = try resolveSettings(given: given)
-        var context = Context(settings)
-        context.log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
-        let stats = try readStats(StatsInput(settings, given: given, environment: context.environment), context).stats
-        switch format {
-        case .text: writeStandardOutput(stats.text())
-        case .json: writeStandardOutput(stats.json.serialized + "\n")
-        case .prometheus: writeStandardOutput(Prometheus.exposition([stats]))
+        // A namespace named by the flags is entered once, here (the audit walks from here).
+        let settings = try resolveSettings(given: given, enterNamespace: !allNamespaces)
+        let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
+        while true {
+            let (text, failure) = round(settings, given: given, log: log)
+            if let output {
+                do {
+                    try Files.replace(output, with: Array(text.utf8), mode: 0o644)
+                } catch {
+                    throw CommandFailure(status: .failure, message: "cannot write \(quoted(output)): \(error)")
+                }
+            } else {
+                writeStandardOutput(text)
+            }
+            guard let every else {
+                if let failure { throw failure }
+                return
+            }
+            if let failure { log.warn(failure.message) }
+            var pause = timespec(tv_sec: Int(every / 1000), tv_nsec: Int(every % 1000) * 1_000_000)
+            var rest = timespec()
+            while nanosleep(&pause, &rest) != 0 && errno == EINTR { pause = rest }
+        }
+    }
+
+    /// One report, and how it ends (nil: exit 0).
+    func round(_ settings: Settings, given: [IstioFlag: String], log: Logger) -> (String, CommandFailure?) {
+        do {
+            if allNamespaces { return auditNode(settings, given: given, format: format, log: log) }
+            var context = Context(settings)
+            context.log = log
+            let stats = try readStats(StatsInput(settings, given: given, environment: context.environment), context).stats
+            switch format {
+            case .text: return (stats.text(), nil)
+            case .json: return (stats.json.serialized + "\n", nil)
+            case .prometheus: return (Prometheus.exposition([stats]), nil)
+            }
+        } catch let failure as CommandFailure {
+            return ("", failure)
+        } catch {
+            return ("", CommandFailure(status: .failure, message: "\(error)"))
         }
     }
 }
@@ -124,10 +175,11 @@ func readStats(_ input: StatsInput, _ context: Context) throws -> (stats: Namesp
 }
 
 /// `stats --all-namespaces`: every namespace on the node but ours (the walk of `clean
-/// --all-namespaces`), audited; exit 3 naming those where a proxy listens uncaptured.
-func auditNode(given: [IstioFlag: String], format: StatsFormat) throws {
-    let settings = try resolveSettings(given: given, enterNamespace: false)
-    let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON, descriptor: 2)
+/// --all-namespaces`), audited: the report, and exit 3 naming those where a proxy listens
+/// uncaptured (exit 1 where some could not be read).
+func auditNode(_ settings: Settings, given: [IstioFlag: String], format: StatsFormat, log: Logger) -> (
+    String, CommandFailure?
+) {
     let environment = ProcessEnvironment.current()
     let input = StatsInput(settings, given: given, environment: environment)
     let proxyPort = settings.capture.proxyPort
@@ -166,25 +218,29 @@ func auditNode(given: [IstioFlag: String], format: StatsFormat) throws {
         }
     }
     let uncaptured = audits.filter(\.uncaptured)
+    let text: String
     switch format {
-    case .text: writeStandardOutput(audits.map(\.text).joined())
+    case .text: text = audits.map(\.text).joined()
     case .json:
-        let report = JSONValue.object([
-            ("namespaces", .array(audits.map(\.json))),
-            ("uncaptured", .array(uncaptured.map { .string($0.namespace) })),
-        ])
-        writeStandardOutput(report.serialized + "\n")
-    case .prometheus: writeStandardOutput(Prometheus.exposition(audits.compactMap(\.stats), audits: audits))
+        text =
+            JSONValue.object([
+                ("namespaces", .array(audits.map(\.json))),
+                ("uncaptured", .array(uncaptured.map { .string($0.namespace) })),
+            ]).serialized + "\n"
+    case .prometheus: text = Prometheus.exposition(audits.compactMap(\.stats), audits: audits)
     }
     if failures > 0 {
-        throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be read")
+        return (text, CommandFailure(status: .failure, message: "\(failures) network namespaces could not be read"))
     }
     guard uncaptured.isEmpty else {
-        throw CommandFailure(
-            status: .drift,
-            message:
-                "uncaptured: a proxy listens but its traffic is not (or only partly) captured in \(uncaptured.map { "\($0.namespace) (netns \($0.inode))" }.joined(separator: ", "))"
+        let names = uncaptured.map { "\($0.namespace) (netns \($0.inode))" }.joined(separator: ", ")
+        return (
+            text,
+            CommandFailure(
+                status: .drift,
+                message: "uncaptured: a proxy listens but its traffic is not (or only partly) captured in \(names)")
         )
     }
     log.info("\(audits.count) network namespaces audited, none uncaptured")
+    return (text, nil)
 }

@@ -104,6 +104,17 @@ assert len(inst) == 1 and inst[0].value == 1, inst
 red = [s for s in fams['meshinit_rule_packets'].samples if s.labels.get('netns') == ns and s.labels['path'] == 'outbound-captured']
 assert red and all(s.labels['flag'].startswith('-p/--envoy-port') for s in red), red
 EOF"
+    # As deploy/node-stats.yaml runs it: the textfile collector's file, rewritten every second.
+    dir=$(mktemp -d)
+    "$bin" stats --all-namespaces --format prometheus --output "$dir/meshinit.prom" --interval 1s 2>/dev/null &
+    writer=$!
+    sleep 0.3
+    first=$(stat -c %i "$dir/meshinit.prom" 2>/dev/null)
+    sleep 2.2
+    kill $writer; wait $writer 2>/dev/null
+    check "$backend: --output --interval rewrites the file (atomically: a new inode each round, no temporary left)" \
+        '[ -n "$first" ] && [ "$(stat -c %i "$dir/meshinit.prom")" != "$first" ] && [ "$(ls -A "$dir")" = meshinit.prom ] && grep -q "^meshinit_namespace_uncaptured{netns=\"/run/netns/$ns\"} 0$" "$dir/meshinit.prom"'
+    rm -rf "$dir"
     ip netns exec $ns "$bin" clean >/dev/null 2>&1
     for l in "${listeners[@]}"; do kill "$l" 2>/dev/null; wait "$l" 2>/dev/null; done
     listeners=()

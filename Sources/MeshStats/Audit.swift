@@ -59,7 +59,9 @@ public struct NamespaceAudit: Sendable {
         guard !listening.isEmpty else { return ([], []) }
         let ports = listening.map(\.description).joined(separator: ", ")
         guard !rulesets.isEmpty else {
-            return (["something listens on \(ports) but no rules of ours are installed (neither iptables nor nftables)"], [])
+            return (
+                ["something listens on \(ports) but no rules of ours are installed (neither iptables nor nftables)"], []
+            )
         }
         var problems: [String] = []
         var notes: [String] = []

@@ -141,7 +141,9 @@ public enum CounterJoin {
             var planned: Set<String> = []
             for (table, chain, operations) in ChainLayout.materializeOperations(plan.operations(for: family)) {
                 for op in operations {
-                    for rule in op.rule.expanded { planned.insert("\(table.rawValue) -A \(chain.iptablesName) \(SaveCanonical.spec(rule))") }
+                    for rule in op.rule.expanded {
+                        planned.insert("\(table.rawValue) -A \(chain.iptablesName) \(SaveCanonical.spec(rule))")
+                    }
                 }
             }
             for dump in tables {
@@ -162,7 +164,8 @@ public enum CounterJoin {
                             CountedRule(
                                 backend: .iptables, family: family.rawValue, table: table, chain: chain, rule: line,
                                 nft: entry.nft, path: CapturePath.of(entry, chain: chain), from: report.from(entry),
-                                attributed: planned.contains("\(table.rawValue) \(line)"), packets: rule.counter?.packets ?? 0, bytes: rule.counter?.bytes ?? 0))
+                                attributed: planned.contains("\(table.rawValue) \(line)"),
+                                packets: rule.counter?.packets ?? 0, bytes: rule.counter?.bytes ?? 0))
                     }
                 }
             }
@@ -194,7 +197,8 @@ public enum CounterJoin {
                     CountedRule(
                         backend: .nft, family: "inet", table: table, chain: chain, rule: entry.nft, nft: entry.nft,
                         path: CapturePath.of(entry, chain: chain), from: report.from(entry),
-                        attributed: rule.planned != nil, packets: rule.counter?.packets ?? 0, bytes: rule.counter?.bytes ?? 0))
+                        attributed: rule.planned != nil, packets: rule.counter?.packets ?? 0,
+                        bytes: rule.counter?.bytes ?? 0))
             }
         }
         return out

@@ -142,11 +142,23 @@ public enum Prometheus {
     static let proxyListening = "meshinit_namespace_proxy_listening"
 
     static let help: [(name: String, type: String, help: String)] = [
-        (packets, "counter", "Packets matched by a rule of meshinit's traffic capture, by capture path and the flag behind it."),
-        (bytes, "counter", "Bytes matched by a rule of meshinit's traffic capture, by capture path and the flag behind it."),
+        (
+            packets, "counter",
+            "Packets matched by a rule of meshinit's traffic capture, by capture path and the flag behind it."
+        ),
+        (
+            bytes, "counter",
+            "Bytes matched by a rule of meshinit's traffic capture, by capture path and the flag behind it."
+        ),
         (installed, "gauge", "1 if the backend holds rules of meshinit's traffic capture in the namespace, else 0."),
-        (proxyListening, "gauge", "1 if a proxy listens on a capture port (15001, 15006 or the configured ones) in the namespace."),
-        (uncaptured, "gauge", "1 if a proxy listens in the namespace but its traffic is not (or only partly) captured."),
+        (
+            proxyListening, "gauge",
+            "1 if a proxy listens on a capture port (15001, 15006 or the configured ones) in the namespace."
+        ),
+        (
+            uncaptured, "gauge",
+            "1 if a proxy listens in the namespace but its traffic is not (or only partly) captured."
+        ),
     ]
 
     /// The exposition of `namespaces` (and, for a node audit, its verdicts), ending with a newline.
@@ -155,7 +167,8 @@ public enum Prometheus {
         for stats in namespaces { stats.samples(into: &families) }
         for audit in audits {
             let labels = self.labels([("netns", audit.namespace)])
-            families[proxyListening, default: []].append("\(proxyListening)\(labels) \(audit.listening.isEmpty ? 0 : 1)")
+            families[proxyListening, default: []].append(
+                "\(proxyListening)\(labels) \(audit.listening.isEmpty ? 0 : 1)")
             families[uncaptured, default: []].append("\(uncaptured)\(labels) \(audit.uncaptured ? 1 : 0)")
         }
         var out = ""

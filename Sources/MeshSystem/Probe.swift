@@ -91,7 +91,9 @@ public struct RedirectProbe {
         if family == .ipv4 {
             var address = sockaddr_in(ipv4: IPAddress(ipv4: ipv4), port: port)
             return withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
         }
         var address = sockaddr_in6()
@@ -99,7 +101,9 @@ public struct RedirectProbe {
         address.sin6_port = port.bigEndian
         withUnsafeMutableBytes(of: &address.sin6_addr) { $0[15] = last }
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+            }
         }
     }
 

@@ -12,7 +12,10 @@ struct Meshinit: ParsableCommand {
 
             """ + IstioFlagHelp.text,
         version: meshinitVersionLine,
-        subcommands: [Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, StatsCommand.self, CNICommand.self],
+        subcommands: [
+            Install.self, PlanCommand.self, ExplainCommand.self, Clean.self, Verify.self, StatsCommand.self,
+            CNICommand.self,
+        ],
         defaultSubcommand: Install.self
     )
 }

@@ -95,7 +95,8 @@ struct StatsCommand: ParsableCommand {
             if allNamespaces { return auditNode(settings, given: given, format: format, log: log) }
             var context = Context(settings)
             context.log = log
-            let stats = try readStats(StatsInput(settings, given: given, environment: context.environment), context).stats
+            let stats = try readStats(StatsInput(settings, given: given, environment: context.environment), context)
+                .stats
             switch format {
             case .text: return (stats.text(), nil)
             case .json: return (stats.json.serialized + "\n", nil)
@@ -166,7 +167,8 @@ func readStats(_ input: StatsInput, _ context: Context) throws -> (stats: Namesp
         }
         guard let (ruleset, counted) = joined else {
             throw CommandFailure(
-                status: .temporary, message: "the \(installed.name) rules changed during each of 5 reads of their counters")
+                status: .temporary,
+                message: "the \(installed.name) rules changed during each of 5 reads of their counters")
         }
         rulesets.append(ruleset)
         rules += counted

@@ -76,7 +76,8 @@ struct Setup {
 /// the proxy's uid to `-u`, an interface to `-c`.
 @Test func iptablesCountersJoinedPerPathWithTheirFlags() throws {
     let setup = try Setup(seed + ["-o", "8080", "-x", "10.9.0.0/16", "-c", "eth9"])
-    let rules = try #require(CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
+    let rules = try #require(
+        CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
     func find(_ path: CapturePath, _ flag: String) throws -> CountedRule {
         try #require(rules.first { $0.path == path && $0.from.contains { $0.hasPrefix(flag) } })
     }
@@ -100,7 +101,8 @@ struct Setup {
 @Test func aChangedRulesetIsNotJoined() throws {
     let setup = try Setup(seed)
     #expect(
-        CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump(extra: ["[1:1] -A OUTPUT -j KUBE"]))], plan: setup.plan)
+        CounterJoin.iptables(
+            setup.report, dumps: [.ipv4: parseSave(setup.dump(extra: ["[1:1] -A OUTPUT -j KUBE"]))], plan: setup.plan)
             == nil)
     // The same rules in another order.
     var tables = parseSave(setup.dump())
@@ -111,7 +113,8 @@ struct Setup {
 
 @Test func prometheusExpositionEscapesLabelsAndTypesCounters() throws {
     let setup = try Setup(seed)
-    let rules = try #require(CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
+    let rules = try #require(
+        CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
     let text = Prometheus.exposition([NamespaceStats(backends: [.iptables], rules: rules)])
     #expect(text.contains("# TYPE meshinit_rule_packets_total counter\n"))
     #expect(text.contains("# TYPE meshinit_rule_bytes_total counter\n"))
@@ -134,7 +137,8 @@ struct Setup {
     let full = Ruleset(plan: try Setup(seed).plan, backend: .nft)
     #expect(NamespaceAudit.assess(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [full]) == ([], []))
     let excluded = Ruleset(plan: try Setup(seed + ["-x", "0.0.0.0/0", "-b", ""]).plan, backend: .iptables)
-    let (problems, notes) = NamespaceAudit.assess(listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [excluded])
+    let (problems, notes) = NamespaceAudit.assess(
+        listening: [p, z], proxyPort: p, inboundPort: z, rulesets: [excluded])
     #expect(problems.count == 2)
     #expect(problems.first?.hasPrefix("outbound not captured") == true)
     #expect(notes.isEmpty)

@@ -37,12 +37,12 @@ check() {
     if eval "$2"; then passed=$((passed + 1)); echo "ok   $1"; else failed=$((failed + 1)); echo "FAIL $1"; fi
 }
 seed=(-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020)
-listen() { # NS: a proxy listening on 15001 (and 15006) until killed
-    ip netns exec "$1" "$py" -c 'import socket, time
+listen() { # NS PORT...: a proxy listening on the ports until killed
+    ip netns exec "$1" "$py" -c 'import socket, sys, time
 socks = []
-for port in (15001, 15006):
+for port in map(int, sys.argv[1:]):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen(); socks.append(s)
-time.sleep(120)' &
+time.sleep(120)' "${@:2}" &
     listeners+=($!)
 }
 audit() { "$bin" stats --all-namespaces "$@" 2>"$err"; }
@@ -54,21 +54,23 @@ for backend in iptables nft; do
     ns=pod-$backend
     ip netns add $ns && ip netns exec $ns ip link set lo up
     ip netns add idle-$backend && ip netns exec idle-$backend ip link set lo up
-    listen $ns
+    listen $ns 15001
     sleep 0.5
 
     out=$(audit)
     rc=$?
     check "$backend: a proxy on 15001 without rules: exit 3" '[ $rc = 3 ]'
     check "$backend: ... and the namespace is named uncaptured" \
-        'grep -q "/run/netns/$ns (netns [0-9]*): uncaptured" <<<"$out" && grep -q "uncaptured: .*/run/netns/$ns" "$err"'
+        'grep -q "/run/netns/$ns (netns [0-9]*): uncaptured; backends: none; listening: 15001$" <<<"$out" && grep -q "uncaptured: .*/run/netns/$ns" "$err"'
     check "$backend: a namespace without a listener is not uncaptured" \
         '! grep -q "uncaptured: .*idle-$backend" "$err" && grep -q "/run/netns/idle-$backend (netns [0-9]*): no-proxy" <<<"$out"'
     json=$(audit --format json)
     check "$backend: json lists it uncaptured" \
         "$py -c 'import json,sys; r=json.loads(sys.argv[1]); assert r[\"uncaptured\"]==[\"/run/netns/$ns\"], r' \"\$json\""
 
+    listen $ns 15006
     ip netns exec $ns "$bin" "${seed[@]}" "${extra[@]}" -x 0.0.0.0/0 >/dev/null 2>&1
+    sleep 0.5
     # Given the pod's flags, every rule is one explain reads: the app's traffic goes uncaptured.
     out=$(audit "${seed[@]}" -x 0.0.0.0/0)
     rc=$?
@@ -108,12 +110,17 @@ EOF"
     dir=$(mktemp -d)
     "$bin" stats --all-namespaces --format prometheus --output "$dir/meshinit.prom" --interval 1s 2>/dev/null &
     writer=$!
-    sleep 0.3
-    first=$(stat -c %i "$dir/meshinit.prom" 2>/dev/null)
-    sleep 2.2
+    first=
+    for _ in $(seq 50); do first=$(stat -c %i "$dir/meshinit.prom" 2>/dev/null) && break; sleep 0.1; done
+    second=$first
+    for _ in $(seq 50); do
+        second=$(stat -c %i "$dir/meshinit.prom" 2>/dev/null)
+        [ "$second" != "$first" ] && break
+        sleep 0.1
+    done
     kill $writer; wait $writer 2>/dev/null
-    check "$backend: --output --interval rewrites the file (atomically: a new inode each round, no temporary left)" \
-        '[ -n "$first" ] && [ "$(stat -c %i "$dir/meshinit.prom")" != "$first" ] && [ "$(ls -A "$dir")" = meshinit.prom ] && grep -q "^meshinit_namespace_uncaptured{netns=\"/run/netns/$ns\"} 0$" "$dir/meshinit.prom"'
+    check "$backend: --output --interval rewrites the file (atomically: renamed over, a new inode each round)" \
+        '[ -n "$first" ] && [ "$second" != "$first" ] && grep -q "^meshinit_namespace_uncaptured{netns=\"/run/netns/$ns\"} 0$" "$dir/meshinit.prom"'
     rm -rf "$dir"
     ip netns exec $ns "$bin" clean >/dev/null 2>&1
     for l in "${listeners[@]}"; do kill "$l" 2>/dev/null; wait "$l" 2>/dev/null; done

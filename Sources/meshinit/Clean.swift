@@ -71,31 +71,21 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
         return .removed(try cleanEverything(context))
     } visited: { ns, visit in
         let label = "\(ns.path) (netns \(ns.inode))"
-        switch visit {
-        case .visited(.live):
+        guard let outcome = logVisit(visit, label, log, failures: &failures) else { return }
+        switch outcome {
+        case .live:
             skipped += 1
             log.warn(
                 "\(label): skipped: something listens on port \(proxyPort) (a running proxy?); --force cleans it anyway"
             )
-        case .visited(.planned(let plan)):
+        case .planned(let plan):
             if !plan.isEmpty { cleaned += 1 }
             writeStandardOutput("# \(label)\n" + plan.text)
-        case .visited(.removed(let removed)) where removed.isEmpty:
+        case .removed(let removed) where removed.isEmpty:
             log.info("\(label): nothing of ours")
-        case .visited(.removed(let removed)):
+        case .removed(let removed):
             cleaned += 1
             log.info("\(label): removed \(removed.joined(separator: "; "))")
-        case .vanished:
-            log.info("\(label): gone before it was reached (its process exited): skipped")
-        case .changed:
-            log.info(
-                "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
-        case .failed(let failure as CommandFailure):
-            failures += 1
-            log.log(.error, "\(label): \(failure.message)")
-        case .failed(let error):
-            failures += 1
-            log.log(.error, "\(label): \(error)")
         }
     }
     let verb = dryRun ? "would clean" : "cleaned"
@@ -105,6 +95,27 @@ func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
     if failures > 0 {
         throw CommandFailure(status: .failure, message: "\(failures) network namespaces could not be cleaned")
     }
+}
+
+/// What a node-wide walk's `body` returned in the namespace `label`, or nil when it did not
+/// return: a namespace whose process exited (or whose PID was reused) before it was reached
+/// is said so and skipped; a failure is logged as an error and counted in `failures`.
+func logVisit<T>(_ visit: NamespaceVisit<T>, _ label: String, _ log: Logger, failures: inout Int) -> T? {
+    switch visit {
+    case .visited(let value):
+        return value
+    case .vanished:
+        log.info("\(label): gone before it was reached (its process exited): skipped")
+    case .changed:
+        log.info("\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
+    case .failed(let failure as CommandFailure):
+        failures += 1
+        log.log(.error, "\(label): \(failure.message)")
+    case .failed(let error):
+        failures += 1
+        log.log(.error, "\(label): \(error)")
+    }
+    return nil
 }
 
 /// What happened in one namespace of `clean --all-namespaces`.

@@ -204,19 +204,8 @@ func auditNode(_ settings: Settings, given: [IstioFlag: String], format: StatsFo
             namespace: ns.path, inode: ns.inode, backends: stats.backends, listening: listening, problems: problems,
             notes: notes, stats: named)
     } visited: { ns, visit in
-        let label = "\(ns.path) (netns \(ns.inode))"
-        switch visit {
-        case .visited(let audit): audits.append(audit)
-        case .vanished: log.info("\(label): gone before it was reached (its process exited): skipped")
-        case .changed:
-            log.info(
-                "\(label): no longer that namespace when reached (its process exited and the PID was reused): skipped")
-        case .failed(let failure as CommandFailure):
-            failures += 1
-            log.log(.error, "\(label): \(failure.message)")
-        case .failed(let error):
-            failures += 1
-            log.log(.error, "\(label): \(error)")
+        if let audit = logVisit(visit, "\(ns.path) (netns \(ns.inode))", log, failures: &failures) {
+            audits.append(audit)
         }
     }
     let uncaptured = audits.filter(\.uncaptured)

@@ -114,10 +114,8 @@ struct StatsCommand: ParsableCommand {
 struct StatsInput {
     var plan: Plan
     var sources: [CaptureSetting: [String]]
-    var settings: Settings
 
     init(_ settings: Settings, given: [IstioFlag: String], environment: ProcessEnvironment) {
-        self.settings = settings
         plan = Planner.plan(settings.capture)
         sources = ConfigInput(flags: given, environment: environment.values).origins(of: settings).mapValues {
             $0.map(\.description)

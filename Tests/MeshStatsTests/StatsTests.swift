@@ -75,7 +75,7 @@ struct Setup {
 /// the outbound redirect to `-p/--envoy-port`, an excluded port to `-o`, a CIDR to `-x`,
 /// the proxy's uid to `-u`, an interface to `-c`.
 @Test func iptablesCountersJoinedPerPathWithTheirFlags() throws {
-    let setup = try Setup(seed + ["-o", "8080", "-x", "10.9.0.0/16", "-c", "eth9"])
+    let setup = try Setup(seed + ["-o", "8080", "-x", "10.9.0.0/16", "-c", "eth9", "--redirect-dns", "--capture-all-dns"])
     let rules = try #require(
         CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
     func find(_ path: CapturePath, _ flag: String) throws -> CountedRule {
@@ -91,6 +91,8 @@ struct Setup {
     _ = try find(.bypassCIDR, "-x/--istio-service-exclude-cidr")
     _ = try find(.bypassProxyOwner, "-u/--proxy-uid")
     _ = try find(.bypassInterface, "-c/--istio-exclude-interfaces")
+    let dns = try find(.dnsCaptured, "--redirect-dns")
+    #expect(dns.rule.contains("--dport 53") && dns.rule.contains("--to-ports 15053"))
     #expect(rules.contains { $0.path == .bypassLoopback && $0.rule.contains("127.0.0.6") })
     #expect(rules.allSatisfy { $0.attributed })
     // Every counter is on the rule it was dumped with: rule n has n packets, in dump order.

@@ -32,6 +32,21 @@ struct Setup {
 
     var report: Report { Report(ruleset: Ruleset(plan: plan, backend: .iptables), sources: sources) }
 
+    /// Each rule's packet count in `dump()`, by `TABLE -A CHAIN SPEC`.
+    func numbers() -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        var n: UInt64 = 0
+        for (table, chain, operations) in ChainLayout.materializeOperations(plan.operations(for: .ipv4)) {
+            for op in operations {
+                for rule in op.rule.expanded {
+                    n += 1
+                    out["\(table.rawValue) -A \(chain.iptablesName) \(SaveCanonical.spec(rule))"] = n
+                }
+            }
+        }
+        return out
+    }
+
     /// The IPv4 rules as `iptables-save -c` prints them, rule n (from 1) with n packets and
     /// 60·n bytes; `extra` lines appended to the nat table.
     func dump(extra: [String] = []) -> String {
@@ -75,7 +90,8 @@ struct Setup {
 /// the outbound redirect to `-p/--envoy-port`, an excluded port to `-o`, a CIDR to `-x`,
 /// the proxy's uid to `-u`, an interface to `-c`.
 @Test func iptablesCountersJoinedPerPathWithTheirFlags() throws {
-    let setup = try Setup(seed + ["-o", "8080", "-x", "10.9.0.0/16", "-c", "eth9", "--redirect-dns", "--capture-all-dns"])
+    let setup = try Setup(
+        seed + ["-o", "8080", "-x", "10.9.0.0/16", "-c", "eth9", "--redirect-dns", "--capture-all-dns"])
     let rules = try #require(
         CounterJoin.iptables(setup.report, dumps: [.ipv4: parseSave(setup.dump())], plan: setup.plan))
     func find(_ path: CapturePath, _ flag: String) throws -> CountedRule {
@@ -95,8 +111,11 @@ struct Setup {
     #expect(dns.rule.contains("--dport 53") && dns.rule.contains("--to-ports 15053"))
     #expect(rules.contains { $0.path == .bypassLoopback && $0.rule.contains("127.0.0.6") })
     #expect(rules.allSatisfy { $0.attributed })
-    // Every counter is on the rule it was dumped with: rule n has n packets, in dump order.
-    #expect(rules.map(\.packets) == rules.indices.map { UInt64($0 + 1) })
+    // Every counter is on the rule it was dumped with (each rule's own packet count), and each
+    // rule is there once.
+    let dumped = setup.numbers()
+    #expect(rules.allSatisfy { dumped["\($0.table.rawValue) \($0.rule)"] == $0.packets })
+    #expect(Set(rules.map(\.packets)).count == dumped.count && rules.count == dumped.count)
 }
 
 /// A dump that is not the rules explain read (a rule added in between) is not joined.

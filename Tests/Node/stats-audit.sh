@@ -6,6 +6,9 @@
 # is partial (exit 3); a namespace without a listener is never uncaptured; the Prometheus
 # output parses with the Prometheus client library's parser and says the same.
 #
+# Mutation checked: treating "no rules installed" as no problem (Audit.assess's guard made
+# `!rulesets.isEmpty || true`) fails the first three checks of each backend (exit 0, not named).
+#
 # Runs in private PID, mount and network namespaces (a private /proc and /run/netns), so the
 # node-wide walk sees only the namespaces made here, never the machine's or another test's.
 # Usage: stats-audit.sh BIN      Ends with "stats-audit: N passed, N failed".

@@ -21,6 +21,8 @@ import PackageDescription
 //                  (with CMeshShims: setns, pipe2; CRtnetlink: the kernel's rtnetlink constants)
 //   MeshIptables   applier: live state (iptables-save) → converging iptables-restore
 //   MeshNetlink    applier: plan → one nf_tables batch over libnftnl/libmnl (CNftnl), read back
+//   MeshStats      the installed rules' counters joined with explain's reading of them: per
+//                  capture path, attributed; text, JSON, Prometheus; the node audit's verdicts
 //     ↑
 //   MeshRuntime    what a run does: install (backend choice, applyPlan), cleanup, verify, the CNI
 //                  calls (ADD with rollback, CHECK, DEL, …) and the node's conflist; one resolve
@@ -64,11 +66,13 @@ let package = Package(
                 "MeshNetlink",
             ]
         ),
+        .target(
+            name: "MeshStats", dependencies: ["MeshModel", "MeshRender", "MeshExplain", "MeshIptables", "MeshNetlink"]),
         .executableTarget(
             name: "meshinit",
             dependencies: [
                 "MeshModel", "MeshConfig", "MeshPlanner", "MeshRender", "MeshSystem", "MeshIptables", "MeshNetlink",
-                "MeshCNI", "MeshExplain", "MeshRuntime", "CArguments",
+                "MeshCNI", "MeshExplain", "MeshRuntime", "MeshStats", "CArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["CArguments"],
@@ -125,6 +129,10 @@ let package = Package(
                 "MeshExplain", "MeshPlanner", "MeshConfig", "MeshModel", "MeshRender", "MeshIptables", "MeshCNI",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
+        ),
+        .testTarget(
+            name: "MeshStatsTests",
+            dependencies: ["MeshStats", "MeshExplain", "MeshIptables", "MeshPlanner", "MeshConfig", "MeshModel"]
         ),
         .testTarget(
             name: "MeshRenderTests",

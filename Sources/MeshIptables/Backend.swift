@@ -275,6 +275,11 @@ public struct IptablesBackend {
         try save(try tools(for: family))
     }
 
+    /// The same with each rule's counters (`*-save -c`), for `meshinit stats`.
+    public func liveCounters(family: Family) throws(IptablesError) -> [SavedTable] {
+        try save(try tools(for: family), arguments: ["-c"])
+    }
+
     /// Every variant that can hold rules here: the legacy one only if its tables exist.
     func cleanupTools(for family: Family) -> [IptablesTools] {
         var out: [IptablesTools] = []
@@ -288,8 +293,8 @@ public struct IptablesBackend {
         return out
     }
 
-    func save(_ tools: IptablesTools) throws(IptablesError) -> [SavedTable] {
-        let result = try run(tools.save, [], stdin: "")
+    func save(_ tools: IptablesTools, arguments: [String] = []) throws(IptablesError) -> [SavedTable] {
+        let result = try run(tools.save, arguments, stdin: "")
         guard result.status == 0 else { throw classify(tools.save, result, payload: "") }
         guard result.stdoutDropped == 0 else {
             let name = tools.save.split(separator: "/").last.map(String.init) ?? tools.save

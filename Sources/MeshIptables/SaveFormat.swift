@@ -21,14 +21,28 @@ public struct SavedRule: Sendable, Hashable {
     /// Everything after `-A CHAIN `, as dumped (a valid spec for `-D CHAIN SPEC`).
     public var spec: String
     public var tokens: [String]
+    /// `[packets:bytes]` before the rule in a dump made with `-c` (nil in one without).
+    public var counter: (packets: UInt64, bytes: UInt64)? {
+        counterValues.map { (packets: $0[0], bytes: $0[1]) }
+    }
+    var counterValues: [UInt64]? = nil
 }
 
-/// Parses `iptables-save` output (comments ignored, counters irrelevant).
+/// Parses `iptables-save` output (comments ignored; a rule's `[packets:bytes]`, in a dump
+/// made with `-c`, kept apart from its spec).
 public func parseSave(_ text: String) -> [SavedTable] {
     var tables: [SavedTable] = []
     var current: SavedTable?
     for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
-        let line = String(rawLine)
+        var line = String(rawLine)
+        var counter: [UInt64]?
+        if line.hasPrefix("["), let close = line.firstIndex(of: "]") {
+            let values = line[line.index(after: line.startIndex)..<close].split(separator: ":").compactMap {
+                UInt64($0)
+            }
+            if values.count == 2 { counter = values }
+            line = String(line[line.index(after: close)...].drop { $0 == " " })
+        }
         if line.hasPrefix("#") || line.isEmpty { continue }
         if line.hasPrefix("*") {
             current = SavedTable(name: String(line.dropFirst()), chains: [], rules: [], block: line + "\n")
@@ -51,7 +65,8 @@ public func parseSave(_ text: String) -> [SavedTable] {
                 let specStart = line.index(
                     line.startIndex, offsetBy: 3 + chain.utf8.count + 1, limitedBy: line.endIndex)
                 let spec = specStart.map { String(line[$0...]) } ?? ""
-                table.rules.append(SavedRule(chain: chain, spec: spec, tokens: Array(tokens.dropFirst(2))))
+                table.rules.append(
+                    SavedRule(chain: chain, spec: spec, tokens: Array(tokens.dropFirst(2)), counterValues: counter))
             }
         }
         current = table

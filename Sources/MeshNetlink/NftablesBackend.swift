@@ -168,8 +168,10 @@ public final class NftablesBackend {
             for chain in table.chains {
                 let plannedChain = planned?.chains.first { $0.name == chain.name }
                 let texts = plannedChain?.rules.map(\.text) ?? []
-                let rules = chain.rules.map { text in
-                    LiveChain.Rule(text: text, planned: texts.firstIndex(of: text))
+                let rules = chain.rules.enumerated().map { i, text in
+                    LiveChain.Rule(
+                        text: text, planned: texts.firstIndex(of: text),
+                        counter: i < chain.counters.count ? chain.counters[i] : nil)
                 }
                 var notes = tableNotes
                 if let plannedChain, plannedChain.base != chain.base {
@@ -223,6 +225,8 @@ public struct LiveChain: Sendable, Hashable {
         public var text: String
         /// Index of the planned rule of this chain with the same bytecode, if any.
         public var planned: Int?
+        /// What its counter has matched (nil: it has no counter).
+        public var counter: RuleCounter? = nil
     }
 
     /// `istio-proxy-nat`, …

@@ -15,6 +15,20 @@ struct ChainSnapshot: Sendable, Hashable {
     /// without handles or counter values; anonymous sets are shown by their elements and
     /// properties.
     var rules: [String]
+    /// Each rule's counter (its first `counter` expression), by position; nil for a rule
+    /// without one. Not part of what is compared: only `meshinit stats` reads it.
+    var counters: [RuleCounter?] = []
+}
+
+/// A rule's `counter` expression: what it has matched since it was added.
+public struct RuleCounter: Sendable, Hashable {
+    public var packets: UInt64
+    public var bytes: UInt64
+
+    public init(packets: UInt64, bytes: UInt64) {
+        self.packets = packets
+        self.bytes = bytes
+    }
 }
 
 /// One of our tables: its flags, chains in the order listed, and its named sets (ours has
@@ -192,6 +206,7 @@ struct RulesetReader {
                 let c = tables[t].chains.firstIndex(where: { $0.name == rule.chain })
             else { continue }
             let table = rule.table
+            tables[t].chains[c].counters.append(RuleText.counter(rule))
             tables[t].chains[c].rules.append(
                 RuleText.render(rule) { setName, _ in
                     sets[SetKey(table: table, name: setName)]?.text ?? "{ ? }"
@@ -388,6 +403,18 @@ enum RuleText {
             }
         }
         return parts.joined(separator: " ")
+    }
+
+    /// The values of the rule's first `counter` expression (nil: it has none).
+    static func counter(_ rule: NftnlRule) -> RuleCounter? {
+        var found: RuleCounter?
+        rule.forEachExpression { expr in
+            guard found == nil, string(nftnl_expr_get_str(expr, attr(NFTNL_EXPR_NAME))) == "counter" else { return }
+            found = RuleCounter(
+                packets: nftnl_expr_get_u64(expr, attr(NFTNL_EXPR_CTR_PACKETS)),
+                bytes: nftnl_expr_get_u64(expr, attr(NFTNL_EXPR_CTR_BYTES)))
+        }
+        return found
     }
 
     /// One element: its key in hex, `end` for an interval end, and anything else it holds

@@ -56,14 +56,18 @@ struct Install: ParsableCommand {
             try applyPlan(plan, context, backend: request)
         }
         if settings.run.runValidation {
-            let probe = RedirectProbe(
-                listenPorts: [settings.capture.proxyPort, settings.capture.inboundCapturePort],
-                probePort: settings.run.probePort, timeoutMilliseconds: settings.run.probeTimeoutMilliseconds)
-            do {
-                try probe.run()
-                context.log.info("validation passed: connections to 127.0.0.6:\(settings.run.probePort) are redirected")
-            } catch {
-                throw CommandFailure(status: .validation, message: error.message)
+            // IPv6 too when the plan installs IPv6 rules (Istio's validation covers both).
+            for family in plan.families {
+                let probe = RedirectProbe(
+                    listenPorts: [settings.capture.proxyPort, settings.capture.inboundCapturePort],
+                    probePort: settings.run.probePort, timeoutMilliseconds: settings.run.probeTimeoutMilliseconds,
+                    family: family)
+                do {
+                    try probe.run()
+                    context.log.info("validation passed: connections to \(probe.target) are redirected")
+                } catch {
+                    throw CommandFailure(status: .validation, message: error.message)
+                }
             }
         }
     }

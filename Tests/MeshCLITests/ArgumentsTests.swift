@@ -39,7 +39,7 @@ struct FlagTableTests {
 
     /// The help every command prints lists every flag from the table: spelling, value,
     /// environment variables and default.
-    @Test("help text is the table", arguments: ["install", "plan", "explain", "clean", "verify"])
+    @Test("help text is the table", arguments: ["install", "plan", "explain", "clean", "verify", "stats"])
     func help(command: String) throws {
         let text = Meshinit.helpMessage(for: try #require(Self.command(command)), columns: 200)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
@@ -153,7 +153,10 @@ struct ArgumentsTests {
         let codes = Gen.int(in: 0..<(flags.count * values.count * 4)).array(of: 0...8)
         await propertyCheck(count: 300, input: codes) { codes in
             let argv = codes.flatMap(token)
-            for (name, prefix) in [("install", [String]()), ("verify", []), ("clean", ["--all-namespaces"])] {
+            for (name, prefix) in [
+                ("install", [String]()), ("verify", []), ("clean", ["--all-namespaces"]), ("stats", ["--format=json"]),
+                ("stats", ["--all-namespaces"]),
+            ] {
                 guard let command = try? Meshinit.parseAsRoot([name] + prefix + argv) else {
                     Issue.record("\(name) refused \(argv)")
                     continue
@@ -163,6 +166,7 @@ struct ArgumentsTests {
                     case let c as Install: c.istio.arguments
                     case let c as Verify: c.istio.arguments
                     case let c as Clean: c.istio.arguments
+                    case let c as StatsCommand: c.istio.arguments
                     default: nil
                     }
                 #expect(passed == argv, "\(name) \(argv)")

@@ -87,7 +87,7 @@ public struct ConfigResolver {
 
     /// Just `--network-namespace` / `NETWORK_NAMESPACE`: it must be entered before anything
     /// else is resolved (IPv6 detection reads the interfaces of that namespace).
-    public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
+    public static func networkNamespace(flags: FlagMap<String>, environment: [String: String]) throws(ConfigError)
         -> String?
     {
         try networkNamespace(ConfigInput(flags: flags, environment: environment).text(.networkNamespace))
@@ -106,7 +106,7 @@ public struct ConfigResolver {
     /// "true"/"false") over `environment`.
     ///
     /// - Throws: `ConfigError` naming the first bad value.
-    public func resolve(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError) -> Settings {
+    public func resolve(flags: FlagMap<String>, environment: [String: String]) throws(ConfigError) -> Settings {
         try resolve(ConfigInput(flags: flags, environment: environment))
     }
 
@@ -367,7 +367,7 @@ public struct ConfigResolver {
 /// knobs. Istio's order is environment < alias environment < command line; a CNI
 /// configuration's is Istio's injected defaults < config keys < pod annotations.
 public struct ConfigInput: Sendable {
-    public typealias Layer = [IstioFlag: Value]
+    public typealias Layer = FlagMap<Value>
 
     public struct Value: Sendable, Hashable {
         public var text: String
@@ -391,7 +391,7 @@ public struct ConfigInput: Sendable {
 
     /// Istio's: command-line flags over alias environment variables over environment variables.
     /// An empty boolean variable counts as unset (as Go's flag package leaves it).
-    public init(flags: [IstioFlag: String], environment: [String: String]) {
+    public init(flags: FlagMap<String>, environment: [String: String]) {
         var primary: Layer = [:]
         var alias: Layer = [:]
         var given: Layer = [:]

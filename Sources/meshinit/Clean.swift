@@ -53,7 +53,7 @@ struct Clean: ParsableCommand {
 /// cleaned of both backends' rules and our routes, with a report per namespace. A namespace
 /// where something listens on the proxy's outbound port is a live pod: skipped unless
 /// `force`. A namespace whose process exited during the walk is skipped, not an error.
-func cleanAllNamespaces(given: [IstioFlag: String], force: Bool) throws {
+func cleanAllNamespaces(given: FlagMap<String>, force: Bool) throws {
     let settings = try resolveSettings(given: given, enterNamespace: false)
     let log = Logger(level: settings.run.logLevel, json: settings.run.logAsJSON)
     let dryRun = settings.run.dryRun

@@ -30,7 +30,7 @@ struct HostLookup: SystemLookup {
 /// network namespace is named, it is entered first, so that everything after (interface
 /// detection, rules, routes) happens inside it.
 func resolveSettings(
-    given: [IstioFlag: String], environment: ProcessEnvironment = .current(), enterNamespace: Bool = true
+    given: FlagMap<String>, environment: ProcessEnvironment = .current(), enterNamespace: Bool = true
 ) throws -> Settings {
     do {
         if enterNamespace,

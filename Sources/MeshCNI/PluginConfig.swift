@@ -19,7 +19,7 @@ public struct PluginConfig: Sendable {
     }
 
     /// Capture settings from config keys, by flag.
-    public var flags: [IstioFlag: ConfigInput.Value] = [:]
+    public var flags: FlagMap<ConfigInput.Value> = [:]
     public var excludeNamespaces: [String] = []
     public var backend: Backend = .auto
     /// Act only on pods with a `sidecar.istio.io/status` annotation (as istio-cni does). While
@@ -36,7 +36,7 @@ public struct PluginConfig: Sendable {
     public var annotationsPassed = false
 
     /// Istio's injected `istio-init` arguments: the defaults of the capture keys.
-    public static let injectedDefaults: [IstioFlag: String] = [
+    public static let injectedDefaults: FlagMap<String> = [
         .envoyPort: "15001", .inboundCapturePort: "15006", .proxyUID: "1337", .interceptionMode: "REDIRECT",
         .serviceCIDR: "*", .serviceExcludeCIDR: "", .inboundPorts: "*", .localExcludePorts: "15090,15021,15020",
     ]

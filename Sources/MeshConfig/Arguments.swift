@@ -25,7 +25,7 @@ public enum IstioArguments {
     ///
     /// - Throws: `ArgumentError` naming the unknown flag, the flag without a value, the bad
     ///   boolean or the unexpected argument.
-    public static func parse(_ arguments: some Collection<String>) throws(ArgumentError) -> [IstioFlag: String] {
+    public static func parse(_ arguments: some Collection<String>) throws(ArgumentError) -> FlagMap<String> {
         var extra: [String: String] = [:]
         return try parse(arguments, options: [], into: &extra)
     }
@@ -33,8 +33,8 @@ public enum IstioArguments {
     /// The flags, plus meshinit's own long `options` that take a value (`--format nft`),
     /// collected into `extra`.
     public static func parse(
-        _ arguments: some Collection<String>, options: Set<String>, into extra: inout [String: String]
-    ) throws(ArgumentError) -> [IstioFlag: String] {
+        _ arguments: some Collection<String>, options: [String], into extra: inout [String: String]
+    ) throws(ArgumentError) -> FlagMap<String> {
         var operands: [String]? = nil
         return try parse(arguments, options: options, into: &extra, operands: &operands)
     }
@@ -43,11 +43,11 @@ public enum IstioArguments {
     /// every other argument, in order: the words that are no flag and no flag's value, and
     /// `-`.
     public static func parse(
-        _ arguments: some Collection<String>, options: Set<String>, into extra: inout [String: String],
+        _ arguments: some Collection<String>, options: [String], into extra: inout [String: String],
         operands: inout [String]?
-    ) throws(ArgumentError) -> [IstioFlag: String] {
+    ) throws(ArgumentError) -> FlagMap<String> {
         var rest = arguments[...]
-        var flags: [IstioFlag: String] = [:]
+        var flags: FlagMap<String> = [:]
         while let arg = rest.popFirst() {
             if arg == "--" {
                 if operands != nil {

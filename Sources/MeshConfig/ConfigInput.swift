@@ -5,7 +5,7 @@ import MeshModel
 /// knobs. Istio's order is environment < alias environment < command line; a CNI
 /// configuration's is Istio's injected defaults < config keys < pod annotations.
 public struct ConfigInput: Sendable {
-    public typealias Layer = [IstioFlag: Value]
+    public typealias Layer = FlagMap<Value>
 
     public struct Value: Sendable, Hashable {
         public var text: String
@@ -29,7 +29,7 @@ public struct ConfigInput: Sendable {
 
     /// Istio's: command-line flags over alias environment variables over environment variables.
     /// An empty boolean variable counts as unset (as Go's flag package leaves it).
-    public init(flags: [IstioFlag: String], environment: [String: String]) {
+    public init(flags: FlagMap<String>, environment: [String: String]) {
         var primary: Layer = [:]
         var alias: Layer = [:]
         var given: Layer = [:]

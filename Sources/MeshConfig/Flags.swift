@@ -8,7 +8,7 @@
 /// Resolution order, as in Istio's `pkg/flag`: built-in default < environment variable <
 /// alias environment variable < command line. Unlike Istio, a bad environment value is an
 /// error, never silently dropped.
-public enum IstioFlag: Sendable, Hashable, CaseIterable {
+public enum IstioFlag: Int, Sendable, Hashable, CaseIterable {
     case envoyPort, inboundCapturePort, inboundTunnelPort, proxyUID, proxyGID, interceptionMode
     case inboundPorts, localExcludePorts, excludeInterfaces, serviceCIDR, serviceExcludeCIDR
     case outboundPorts, localOutboundPortsExclude, kubeVirtInterfaces, tproxyMark, tproxyRouteTable
@@ -17,6 +17,9 @@ public enum IstioFlag: Sendable, Hashable, CaseIterable {
     case forceApply, nativeNftables, forceIptablesBinary, logOutputLevel, logAsJSON
     // meshinit's own
     case ipv6, resolvConf, childTimeout
+
+    /// How many flags there are (`allCases` builds an array at every use).
+    public static let caseCount = allCases.count
 }
 
 /// Everything about one flag.
@@ -172,15 +175,18 @@ extension IstioFlag {
         ),
     ]
 
-    private static let byFlag: [IstioFlag: FlagSpec] = Dictionary(
-        table.map { ($0.flag, $0) }, uniquingKeysWith: { first, _ in first })
-    private static let byLong: [Substring: IstioFlag] = Dictionary(
-        table.map { (Substring($0.long), $0.flag) }, uniquingKeysWith: { first, _ in first })
-    private static let byShort: [Character: IstioFlag] = Dictionary(
-        table.compactMap { spec in spec.short.map { ($0, spec.flag) } }, uniquingKeysWith: { first, _ in first })
+    // Lookups are array indexing and linear scans of the ~40 entries, not Dictionaries: a
+    // Dictionary or Set keyed by a type makes the Swift runtime look up that key type's
+    // Hashable conformance the first time (a scan of every conformance record of the binary),
+    // which cost more than the whole parse on the install path (issue 20).
+    private static let byFlag: [FlagSpec] = {
+        var specs = [FlagSpec?](repeating: nil, count: IstioFlag.caseCount)
+        for spec in table where specs[spec.flag.rawValue] == nil { specs[spec.flag.rawValue] = spec }
+        return specs.map { $0! }
+    }()
 
     /// This flag's entry of the table.
-    public var spec: FlagSpec { Self.byFlag[self]! }
+    public var spec: FlagSpec { Self.byFlag[rawValue] }
 
     public var short: Character? { spec.short }
     public var long: String { spec.long }
@@ -197,16 +203,16 @@ extension IstioFlag {
 
     /// Looks a flag up by its long name.
     public init?(long: Substring) {
-        guard let flag = Self.byLong[long] else { return nil }
-        self = flag
+        guard let spec = Self.table.first(where: { $0.long.utf8.elementsEqual(long.utf8) }) else { return nil }
+        self = spec.flag
     }
 
     public init?(long: String) { self.init(long: Substring(long)) }
 
     /// Looks a flag up by its one-letter name.
     public init?(short: Character) {
-        guard let flag = Self.byShort[short] else { return nil }
-        self = flag
+        guard let spec = Self.table.first(where: { $0.short == short }) else { return nil }
+        self = spec.flag
     }
 
     /// Every environment variable the flags read (primary and alias), in table order.

@@ -87,7 +87,7 @@ public struct ConfigResolver {
 
     /// Just `--network-namespace` / `NETWORK_NAMESPACE`: it must be entered before anything
     /// else is resolved (IPv6 detection reads the interfaces of that namespace).
-    public static func networkNamespace(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError)
+    public static func networkNamespace(flags: FlagMap<String>, environment: [String: String]) throws(ConfigError)
         -> String?
     {
         try networkNamespace(ConfigInput(flags: flags, environment: environment))
@@ -111,7 +111,7 @@ public struct ConfigResolver {
     /// "true"/"false") over `environment`.
     ///
     /// - Throws: `ConfigError` naming the first bad value.
-    public func resolve(flags: [IstioFlag: String], environment: [String: String]) throws(ConfigError) -> Settings {
+    public func resolve(flags: FlagMap<String>, environment: [String: String]) throws(ConfigError) -> Settings {
         try resolve(ConfigInput(flags: flags, environment: environment))
     }
 

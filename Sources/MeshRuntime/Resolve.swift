@@ -4,7 +4,7 @@ import MeshSystem
 /// Where a run's values come from.
 public enum ConfigSource: Sendable {
     /// Istio's flags (as text) and the environment: install, plan, clean, verify, explain.
-    case flags([IstioFlag: String], environment: [String: String])
+    case flags(FlagMap<String>, environment: [String: String])
     /// Layered values already gathered, e.g. the CNI plugin's config keys and a pod's
     /// annotations (`PodDecision.input`).
     case input(ConfigInput)

@@ -29,11 +29,45 @@ public struct LiveSystem: Sendable {
     }
 
     /// `name:x:ID:…` lines of /etc/passwd or /etc/group (the files NSS source).
+    /// A byte scan, not `split`: this runs on every install (the default proxy uid is
+    /// `istio-proxy`'s), and generic `split` costs more than the rest of the lookup.
     func idFromDatabase(_ path: String, name: String) -> UInt32? {
-        guard let text = readFile(path, limit: Files.defaultLimit) else { return nil }
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: ":", maxSplits: 3, omittingEmptySubsequences: false)
-            if fields.count >= 3, fields[0] == name, let id = UInt32(fields[2]) { return id }
+        guard let bytes = try? Files.read(path, limit: Files.defaultLimit) else { return nil }
+        return Self.id(in: bytes, name: Array(name.utf8))
+    }
+
+    /// The third `:`-separated field of the line whose first field is `name`, if it is a
+    /// decimal `UInt32`.
+    static func id(in database: [UInt8], name: [UInt8]) -> UInt32? {
+        let colon = UInt8(ascii: ":")
+        let newline = UInt8(ascii: "\n")
+        var start = 0
+        while start < database.count {
+            var end = start
+            while end < database.count, database[end] != newline { end += 1 }
+            defer { start = end + 1 }
+            let nameEnd = start + name.count
+            guard nameEnd < end, database[nameEnd] == colon, database[start..<nameEnd].elementsEqual(name)
+            else { continue }
+            // Skip the password field, then read the id up to the next colon.
+            var i = nameEnd + 1
+            while i < end, database[i] != colon { i += 1 }
+            i += 1
+            guard i < end else { continue }
+            var id: UInt32 = 0
+            var digits = 0
+            var valid = true
+            while i < end, database[i] != colon {
+                let d = database[i] &- UInt8(ascii: "0")
+                let (m, o1) = id.multipliedReportingOverflow(by: 10)
+                let (a, o2) = m.addingReportingOverflow(UInt32(truncatingIfNeeded: d))
+                if d >= 10 || o1 || o2 { valid = false }
+                id = a
+                digits += 1
+                i += 1
+            }
+            // As `UInt32(field)` did: a line with a bad id is passed over, not an answer.
+            if valid, digits > 0 { return id }
         }
         return nil
     }

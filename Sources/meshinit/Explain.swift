@@ -63,7 +63,7 @@ struct ExplainCommand: ParsableCommand {
     func run() throws {
         var extra: [String: String] = [:]
         var operands: [String]? = []
-        let given: [IstioFlag: String]
+        let given: FlagMap<String>
         do {
             given = try IstioArguments.parse(arguments, options: [], into: &extra, operands: &operands)
         } catch {
@@ -91,7 +91,7 @@ struct ExplainCommand: ParsableCommand {
     /// `explain`'s arguments (after `explain`) as the fast path reads them, or nil for the
     /// full CLI (`--live`, help, and the messages for a bad format or backend).
     static func fastPath(_ arguments: ArraySlice<String>) -> (
-        format: ExplainFormat, backend: Backend?, given: [IstioFlag: String], operands: [String]
+        format: ExplainFormat, backend: Backend?, given: FlagMap<String>, operands: [String]
     )? {
         guard !arguments.contains("--live") else { return nil }
         var options: [String: String] = [:]
@@ -113,7 +113,7 @@ struct ExplainCommand: ParsableCommand {
 /// Where explain takes the capture settings from.
 enum ExplainSource {
     /// Istio's flags (and their environment variables), as an init container gets them.
-    case flags([IstioFlag: String])
+    case flags(FlagMap<String>)
     /// The CNI plugin's network configuration and a pod's annotations, as the runtime passes
     /// them (`netns`: `--network-namespace`, for `--live`).
     case cni(path: String, annotations: [String], netns: String?)

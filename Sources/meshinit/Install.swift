@@ -24,7 +24,7 @@ struct Install: ParsableCommand {
     func run() throws { try Self.perform(given: try istio.given()) }
 
     /// The install command's work, from flags as text (the fast path and the full CLI meet here).
-    static func perform(given: [IstioFlag: String]) throws {
+    static func perform(given: FlagMap<String>) throws {
         let settings = try resolveSettings(given: given)
         let plan = Planner.plan(settings.capture)
         if settings.run.dryRun {

@@ -13,7 +13,7 @@ struct IstioFlagArguments: ParsableArguments {
     var arguments: [String] = []
 
     /// The flags as text, by flag.
-    func given() throws -> [IstioFlag: String] {
+    func given() throws -> FlagMap<String> {
         do {
             return try IstioArguments.parse(arguments)
         } catch {

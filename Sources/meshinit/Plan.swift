@@ -38,7 +38,7 @@ struct PlanCommand: ParsableCommand {
     /// `plan`'s arguments (after `plan`) as the fast path reads them, or nil for the full CLI
     /// (which also gives the messages for a bad format or family).
     static func fastPath(_ arguments: ArraySlice<String>) -> (
-        format: PlanFormat, family: FamilyChoice, given: [IstioFlag: String]
+        format: PlanFormat, family: FamilyChoice, given: FlagMap<String>
     )? {
         var options: [String: String] = [:]
         guard let given = try? IstioArguments.parse(arguments, options: ["format", "family"], into: &options),
@@ -51,7 +51,7 @@ struct PlanCommand: ParsableCommand {
 }
 
 /// `plan`: the rules for these flags, in one format; changes nothing.
-func printPlan(format: PlanFormat, family: FamilyChoice, given: [IstioFlag: String]) throws {
+func printPlan(format: PlanFormat, family: FamilyChoice, given: FlagMap<String>) throws {
     let settings = try resolveSettings(given: given, enterNamespace: false)
     printWarnings(settings)
     let plan = Planner.plan(settings.capture)

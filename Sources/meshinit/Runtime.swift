@@ -17,7 +17,7 @@ extension Context {
 /// name is entered first, so that everything after (interface detection, rules, routes)
 /// happens inside it.
 func resolveSettings(
-    given: [IstioFlag: String], environment: ProcessEnvironment = .current(), enterNamespace: Bool = true
+    given: FlagMap<String>, environment: ProcessEnvironment = .current(), enterNamespace: Bool = true
 ) throws(CommandFailure) -> Settings {
     try SystemBoundary.live(environment).resolveForCommand(
         .flags(given, environment: environment.values), in: enterNamespace ? .named : .current)

@@ -90,7 +90,7 @@ struct StatsCommand: ParsableCommand {
     }
 
     /// One report, and how it ends (nil: exit 0).
-    func round(_ settings: Settings, given: [IstioFlag: String], log: Logger) -> (String, CommandFailure?) {
+    func round(_ settings: Settings, given: FlagMap<String>, log: Logger) -> (String, CommandFailure?) {
         do {
             if allNamespaces { return auditNode(settings, given: given, format: format, log: log) }
             var context = Context(settings)
@@ -115,7 +115,7 @@ struct StatsInput {
     var plan: Plan
     var sources: [CaptureSetting: [String]]
 
-    init(_ settings: Settings, given: [IstioFlag: String], environment: ProcessEnvironment) {
+    init(_ settings: Settings, given: FlagMap<String>, environment: ProcessEnvironment) {
         plan = Planner.plan(settings.capture)
         sources = ConfigInput(flags: given, environment: environment.values).origins(of: settings).mapValues {
             $0.map(\.description)
@@ -177,7 +177,7 @@ func readStats(_ input: StatsInput, _ context: Context) throws -> (stats: Namesp
 /// `stats --all-namespaces`: every namespace on the node but ours (the walk of `clean
 /// --all-namespaces`), audited: the report, and exit 3 naming those where a proxy listens
 /// uncaptured (exit 1 where some could not be read).
-func auditNode(_ settings: Settings, given: [IstioFlag: String], format: StatsFormat, log: Logger) -> (
+func auditNode(_ settings: Settings, given: FlagMap<String>, format: StatsFormat, log: Logger) -> (
     String, CommandFailure?
 ) {
     let environment = ProcessEnvironment.current()

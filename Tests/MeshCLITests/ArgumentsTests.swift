@@ -81,29 +81,30 @@ struct ArgumentsTests {
             ])
     }
 
-    @Test(
-        "every spelling",
-        arguments: [
-            (
-                ["--envoy-port=15001", "--inbound-capture-port", "15006", "--istio-inbound-ports="],
-                [IstioFlag.envoyPort: "15001", .inboundCapturePort: "15006", .inboundPorts: ""]
-            ),
-            (
-                ["--redirect-dns=false", "--drop-invalid=1", "--dual-stack=T", "-n", "--log_as_json=false"],
-                [.redirectDNS: "false", .dropInvalid: "true", .dualStack: "true", .dryRun: "true", .logAsJSON: "false"]
-            ),
-            (
-                ["-p=15001", "-n=false", "-x=", "-i=10.0.0.0/8"],
-                [.envoyPort: "15001", .dryRun: "false", .serviceExcludeCIDR: "", .serviceCIDR: "10.0.0.0/8"]
-            ),
-            (["-p", "1", "-p", "2", "--envoy-port", "3"], [.envoyPort: "3"]),
-            (["-p15001", "-x10.0.0.0/8"], [.envoyPort: "15001", .serviceExcludeCIDR: "10.0.0.0/8"]),
-            (["--no-redirect-dns", "--no_log_as_json"], [.redirectDNS: "false", .logAsJSON: "false"]),
-            // A value-taking flag takes the next argument whatever it looks like (pflag).
-            (["-x", "-1", "-p", "--envoy-port"], [.serviceExcludeCIDR: "-1", .envoyPort: "--envoy-port"]),
-            ([], [:]),
-        ])
-    func spellings(argv: [String], want: [IstioFlag: String]) throws {
+    static let spellingCases: [([String], FlagMap<String>)] = [
+
+        (
+            ["--envoy-port=15001", "--inbound-capture-port", "15006", "--istio-inbound-ports="],
+            [.envoyPort: "15001", .inboundCapturePort: "15006", .inboundPorts: ""]
+        ),
+        (
+            ["--redirect-dns=false", "--drop-invalid=1", "--dual-stack=T", "-n", "--log_as_json=false"],
+            [.redirectDNS: "false", .dropInvalid: "true", .dualStack: "true", .dryRun: "true", .logAsJSON: "false"]
+        ),
+        (
+            ["-p=15001", "-n=false", "-x=", "-i=10.0.0.0/8"],
+            [.envoyPort: "15001", .dryRun: "false", .serviceExcludeCIDR: "", .serviceCIDR: "10.0.0.0/8"]
+        ),
+        (["-p", "1", "-p", "2", "--envoy-port", "3"], [.envoyPort: "3"]),
+        (["-p15001", "-x10.0.0.0/8"], [.envoyPort: "15001", .serviceExcludeCIDR: "10.0.0.0/8"]),
+        (["--no-redirect-dns", "--no_log_as_json"], [.redirectDNS: "false", .logAsJSON: "false"]),
+        // A value-taking flag takes the next argument whatever it looks like (pflag).
+        (["-x", "-1", "-p", "--envoy-port"], [.serviceExcludeCIDR: "-1", .envoyPort: "--envoy-port"]),
+        ([], [:]),
+    ]
+
+    @Test("every spelling", arguments: spellingCases)
+    func spellings(argv: [String], want: FlagMap<String>) throws {
         #expect(try IstioArguments.parse(argv) == want)
     }
 

@@ -293,7 +293,7 @@ struct DecisionTests {
             let picks = Array(draws[pool.count...])
             var keys: [String] = []
             var annotations: [String: String] = [:]
-            var flags: [IstioFlag: String] = [
+            var flags: FlagMap<String> = [
                 .envoyPort: "15001", .inboundCapturePort: "15006", .proxyUID: "1337", .interceptionMode: "REDIRECT",
                 .serviceCIDR: "*", .serviceExcludeCIDR: "", .inboundPorts: "*", .localExcludePorts: "15090,15021,15020",
             ]

@@ -4,14 +4,14 @@ import Testing
 
 /// Resolves with a fake system.
 func resolve(
-    _ flags: [IstioFlag: String] = [:], env: [String: String] = [:], system: FakeSystem = FakeSystem()
+    _ flags: FlagMap<String> = [:], env: [String: String] = [:], system: FakeSystem = FakeSystem()
 ) throws(ConfigError) -> Settings {
     try ConfigResolver(system: system).resolve(flags: flags, environment: env)
 }
 
 /// Asserts that resolving fails with a one-line `ConfigError` naming `source` and `value`.
 func expectBad(
-    _ flags: [IstioFlag: String] = [:], env: [String: String] = [:], system: FakeSystem = FakeSystem(),
+    _ flags: FlagMap<String> = [:], env: [String: String] = [:], system: FakeSystem = FakeSystem(),
     names source: String, value: String, sourceLocation: SourceLocation = #_sourceLocation
 ) {
     do {
@@ -141,7 +141,7 @@ struct PortFlagTests {
             ("80,0", "0"), ("65536", "65536"), ("80-70", "80-70"), ("80,abc", "abc"), ("8080:8090", "8080:8090"),
             ("80, 90", " 90"), ("-", "-"),
         ] {
-            var flags: [IstioFlag: String] = [.inboundPorts: "*"]
+            var flags: FlagMap<String> = [.inboundPorts: "*"]
             flags[flag] = text
             expectBad(flags, names: flag.displayName, value: item)
         }

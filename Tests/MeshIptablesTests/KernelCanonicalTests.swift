@@ -38,7 +38,7 @@ struct KernelCanonicalTests {
     /// One flag combination: Istio's flags, the environment-only knobs, resolv.conf.
     struct Flags: CustomStringConvertible {
         var name: String
-        var flags: [IstioFlag: String]
+        var flags: FlagMap<String>
         var environment: [String: String] = [:]
         var resolvConf = "nameserver 10.96.0.10\nnameserver fd00::a\n"
 
@@ -54,12 +54,12 @@ struct KernelCanonicalTests {
         }
     }
 
-    static let seed: [IstioFlag: String] = [
+    static let seed: FlagMap<String> = [
         .envoyPort: "15001", .inboundCapturePort: "15006", .proxyUID: "1337", .interceptionMode: "REDIRECT",
         .serviceCIDR: "*", .serviceExcludeCIDR: "", .inboundPorts: "*", .localExcludePorts: "15090,15021,15020",
     ]
 
-    static func with(_ name: String, _ changes: [IstioFlag: String], env: [String: String] = [:], resolv: String? = nil)
+    static func with(_ name: String, _ changes: FlagMap<String>, env: [String: String] = [:], resolv: String? = nil)
         -> Flags
     {
         var flags = Flags(name: name, flags: seed.merging(changes) { $1 }, environment: env)

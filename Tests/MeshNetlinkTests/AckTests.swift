@@ -61,12 +61,28 @@ final class FakeBatchSocket: BatchSocket {
         return out + [UInt8](repeating: 0, count: 16)
     }
 
-    /// Acknowledgements of every object message (not begin and end), all in one datagram.
+    /// What nfnetlink answers a batch that asks for an ack on its last object message only:
+    /// a report for the refused message (`failing`, an index among the object messages), then
+    /// the last message's ack, in message order, all in one datagram.
     static func acks(_ sequences: [UInt32], failing: Int? = nil) -> Item {
-        .datagram(
-            sequences.dropFirst().dropLast().enumerated().flatMap { index, seq in
-                ack(seq: seq, errno: index == failing ? ENOENT : 0)
+        let objects = Array(sequences.dropFirst().dropLast())
+        return .datagram(
+            objects.enumerated().flatMap { index, seq in
+                index == failing || index == objects.count - 1
+                    ? ack(seq: seq, errno: index == failing ? ENOENT : 0) : []
             })
+    }
+
+    /// The nlmsg_flags of a datagram's messages, in order.
+    static func flags(_ bytes: [UInt8]) -> [UInt16] {
+        var out: [UInt16] = []
+        var offset = 0
+        while offset + 16 <= bytes.count {
+            let length = Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16
+            out.append(UInt16(bytes[offset + 6]) | UInt16(bytes[offset + 7]) << 8)
+            offset += (length + 3) & ~3
+        }
+        return out
     }
 }
 
@@ -86,15 +102,44 @@ struct AckTests {
         #expect(first.count == template.messages.count + 2)
         #expect(Set(first).isDisjoint(with: second), "a resend reused sequence numbers")
         #expect(first == (0..<first.count).map { 1000 + UInt32($0) })
-        // Everything but the sequence numbers is the builder's bytes.
+        // Everything but the sequence numbers and the ack flags is the builder's bytes.
         var masked = socket.sent[1]
         var offset = 0
         while offset + 16 <= masked.count {
             let length = Int(masked[offset]) | Int(masked[offset + 1]) << 8
-            for i in 8..<12 { masked[offset + i] = template.bytes[offset + i] }
+            for i in 6..<12 { masked[offset + i] = template.bytes[offset + i] }
             offset += (length + 3) & ~3
         }
         #expect(masked == template.bytes)
+    }
+
+    @Test("one ack asked for: NLM_F_ACK on the last object message only (issue 20: ~30 recvfrom per install)")
+    func lastOnlyAsks() throws {
+        let template = try Self.batch()
+        let socket = FakeBatchSocket { [FakeBatchSocket.acks($0)] }
+        var counter = SequenceCounter(seed: 90)
+        try AckReader.commit(template, over: socket, sequences: &counter)
+        let flags = FakeBatchSocket.flags(socket.sent[0])
+        let built = FakeBatchSocket.flags(template.bytes)
+        #expect(flags.count == template.messages.count + 2)
+        let asking = flags.indices.filter { flags[$0] & UInt16(NLM_F_ACK) != 0 }
+        #expect(asking == [flags.count - 2], "messages asking for an ack: \(asking)")
+        // Nothing else of the flags changed.
+        #expect(zip(flags, built).allSatisfy { $0 | UInt16(NLM_F_ACK) == $1 | UInt16(NLM_F_ACK) })
+    }
+
+    @Test("a refused message in the middle is named, though it did not ask for an ack")
+    func refusedMiddle() throws {
+        let template = try Self.batch()
+        #expect(template.messages.count > 3)
+        let socket = FakeBatchSocket { [FakeBatchSocket.acks($0, failing: 2)] }
+        var counter = SequenceCounter(seed: 7)
+        #expect {
+            try AckReader.commit(template, over: socket, sequences: &counter)
+        } throws: { error in
+            let failure = error as? NetlinkError
+            return failure?.errno == ENOENT && failure?.subject == template.messages[2].subject
+        }
     }
 
     @Test("an earlier send's error ack, and one addressed to another port, are skipped")

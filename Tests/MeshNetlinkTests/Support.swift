@@ -27,7 +27,7 @@ struct FakeSystem: SystemLookup {
 /// IPv6 (`--ipv6=on|off`) and DNS servers (a resolv.conf).
 struct ConformanceCase: Sendable, CustomTestStringConvertible {
     var name: String
-    var flags: [IstioFlag: String]
+    var flags: FlagMap<String>
     var environment: [String: String]
     var resolvConf: String?
     /// Set when the case could not be read: running it fails, naming the path.
@@ -47,7 +47,7 @@ struct ConformanceCase: Sendable, CustomTestStringConvertible {
 
     init(name: String, argsText: String) {
         self.name = name
-        var flags: [IstioFlag: String] = [:]
+        var flags: FlagMap<String> = [:]
         var environment: [String: String] = [:]
         var notes: [String: String] = [:]
         for raw in argsText.split(separator: "\n") {
@@ -129,7 +129,7 @@ enum Conformance {
 
     /// A plan from istio-iptables flags (`["-p", "15001", …]`), IPv6 on or off.
     static func plan(_ args: [String], ipv6: Bool = true, resolvConf: String? = nil) throws -> Plan {
-        var flags: [IstioFlag: String] = [.ipv6: ipv6 ? "on" : "off"]
+        var flags: FlagMap<String> = [.ipv6: ipv6 ? "on" : "off"]
         var system = FakeSystem()
         if let resolvConf {
             flags[.resolvConf] = ConformanceCase.resolvPath

@@ -73,9 +73,9 @@ struct ShapePropertyTests {
         mutating func id() -> String { String(next() % 4_294_967_295) }
 
         /// The flags, environment and resolv.conf of this config.
-        mutating func input() -> (flags: [IstioFlag: String], env: [String: String], resolv: String) {
+        mutating func input() -> (flags: FlagMap<String>, env: [String: String], resolv: String) {
             let half = names.count / 2
-            var flags: [IstioFlag: String] = [
+            var flags: FlagMap<String> = [
                 .envoyPort: port(), .inboundCapturePort: port(), .inboundTunnelPort: port(),
                 .proxyUID: "\(id()),\(id())", .proxyGID: id(),
                 .interceptionMode: tproxy ? "TPROXY" : "REDIRECT",

@@ -20,8 +20,8 @@ struct FakeSystem: SystemLookup {
 }
 
 /// Parses istio-iptables style arguments (`-p 15001`, `--envoy-port=15001`, `--redirect-dns`).
-func parseArguments(_ args: [String]) -> [IstioFlag: String] {
-    var flags: [IstioFlag: String] = [:]
+func parseArguments(_ args: [String]) -> FlagMap<String> {
+    var flags: FlagMap<String> = [:]
     var i = 0
     while i < args.count {
         let arg = args[i]

@@ -166,7 +166,7 @@ final class FakeMachine {
             enterNamespace: { path throws(NamespaceError) in self.entered.append(path) })
     }
 
-    func context(_ flags: [IstioFlag: String] = [:]) throws -> Context {
+    func context(_ flags: FlagMap<String> = [:]) throws -> Context {
         let settings = try boundary.resolve(.flags(flags, environment: [:]), in: .current)
         var context = Context(settings, boundary: boundary)
         context.log = Logger(level: .none, json: false, descriptor: 2)

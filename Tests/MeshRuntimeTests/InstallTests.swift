@@ -107,7 +107,7 @@ struct ResolveTests {
     @Test("flags: the namespace they name is entered before resolving; .current enters nothing")
     func namedNamespace() throws {
         let machine = FakeMachine()
-        let flags: [IstioFlag: String] = [.networkNamespace: "/run/netns/pod"]
+        let flags: FlagMap<String> = [.networkNamespace: "/run/netns/pod"]
         _ = try machine.boundary.resolve(.flags(flags, environment: [:]), in: .named)
         #expect(machine.entered == ["/run/netns/pod"])
         _ = try machine.boundary.resolve(.flags(flags, environment: [:]), in: .current)

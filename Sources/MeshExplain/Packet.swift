@@ -41,6 +41,9 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
     public var gid: NumericID?
     /// The output (`out`) or input (`in`) interface.
     public var interface: InterfaceName
+    /// Whether `interface` is the default (not given): explain may then take the pod's
+    /// route instead.
+    public var interfaceDefaulted = false
     public var mark: Mark
 
     /// The packet with every default spelled out, in the input syntax.
@@ -184,6 +187,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
         let loopback = destination?.isLoopback ?? false
         var interface = direction == .out && loopback ? InterfaceName.loopback : defaultInterface
+        let interfaceDefaulted = values[.iface] == nil && !loopback
         if let text = values[.iface] {
             guard let name = InterfaceName(text), text.utf8.last != UInt8(ascii: "+") else {
                 throw fail("iface \(quoted(String(text))): not an interface name (1-15 letters, digits, _ . - @)")
@@ -225,7 +229,8 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         }
         return Packet(
             direction: direction, proto: proto, family: family, destination: destination, destinationPort: port,
-            source: source, sourcePort: sourcePort, uid: uid, gid: gid, interface: interface, mark: mark)
+            source: source, sourcePort: sourcePort, uid: uid, gid: gid, interface: interface,
+            interfaceDefaulted: interfaceDefaulted, mark: mark)
     }
 
     public static func parse(_ line: String) throws(PacketError) -> Packet { try parse(line[...]) }

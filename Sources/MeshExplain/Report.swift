@@ -14,10 +14,13 @@ public final class Report {
     private var reasonCache: [ReasonKey: String] = [:]
     private var reasonJSONCache: [ReasonKey: String] = [:]
 
+    /// Everything a reason reads: the decisive rule and its place on the path, or, without
+    /// one, the path's length and its last rule (whose jump the reason names).
     struct ReasonKey: Hashable {
         var decisive: Int
         var kind: String
         var steps: Int
+        var last: Int
     }
 
     public init(ruleset: Ruleset, sources: [CaptureSetting: [String]]) {
@@ -48,6 +51,12 @@ public final class Report {
             ? "the pod's address, port \(p.destinationPort)" : p.endpoint(p.destination, p.destinationPort)
     }
 
+    /// The destination after nat's rewrite (`the pod's address, port N` when unknown).
+    func final(_ e: Explanation) -> String {
+        e.destination == nil
+            ? "the pod's address, port \(e.destinationPort)" : e.packet.endpoint(e.destination, e.destinationPort)
+    }
+
     func verdictText(_ e: Explanation, original: String) -> String {
         let p = e.packet
         switch e.verdict {
@@ -61,15 +70,23 @@ public final class Report {
             default: return "captured: redirected to port \(port); \(kept)"
             }
         case .tproxied(let port, let mark):
+            guard e.rewritten else {
+                return
+                    "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener); addresses kept"
+            }
             return
-                "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener); addresses kept"
+                "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener), then nat REDIRECT rewrote the destination to \(final(e)): the listener on \(port) gets it at that address; original destination \(original) kept\(p.proto == .tcp ? " (SO_ORIGINAL_DST)" : "")"
         case .dropped:
             return "dropped"
         case .notCaptured:
-            switch p.direction {
-            case .out where p.interface == .loopback: return "not captured: delivered in the pod to \(original) over lo"
-            case .out: return "not captured: leaves the pod for \(original) through \(p.interface)"
-            case .in: return "not captured: delivered to the app on port \(p.destinationPort)"
+            switch e.delivery {
+            case .leaves(let via): return "not captured: leaves the pod for \(original) through \(via)"
+            case .forwarded(let via):
+                return
+                    "not captured: forwarded (\(original) is not the pod's address) through \(via.map(\.name) ?? "the interface of its route")"
+            case .local where p.direction == .out:
+                return "not captured: delivered in the pod to \(original) over lo"
+            default: return "not captured: delivered to the app on port \(p.destinationPort)"
             }
         case .uncertain:
             return "uncertain: the kernel holds a rule on this path that explain cannot evaluate"
@@ -98,7 +115,7 @@ public final class Report {
     private func reasonKey(_ e: Explanation) -> ReasonKey {
         ReasonKey(
             decisive: e.decisive.map { e.steps[$0].entry } ?? -1, kind: e.verdict.kind,
-            steps: e.decisive ?? -e.steps.count)
+            steps: e.decisive ?? -e.steps.count, last: e.steps.last?.entry ?? -1)
     }
 
     private func reason(_ e: Explanation) -> String {
@@ -231,6 +248,24 @@ public final class Report {
         default:
             break
         }
+        out += ",\"where\":"
+        out += quoted(e.delivery.kind)
+        out += ",\"interface\":"
+        switch e.delivery {
+        case .leaves(let via): out += quoted(via.name)
+        case .forwarded(let via): out += quoted(via?.name)
+        default: out += "null"
+        }
+        out += ",\"localAddress\":"
+        if case .local = e.delivery, e.destination != nil {
+            out += "\""
+            out += p.endpoint(e.destination, e.destinationPort)
+            out += "\""
+        } else {
+            out += "null"
+        }
+        out += ",\"rewritten\":"
+        out += e.rewritten ? "true" : "false"
         out += ",\"text\":"
         JSONValue.writeString(verdictText(e), to: &out)
         out += ",\"why\":"

@@ -63,6 +63,9 @@ public struct Ruleset: Sendable {
     public private(set) var entries: [RuleEntry] = []
     /// Family → (table, chain) → rule ids in order. A family without an entry holds no rules.
     public private(set) var chains: [Family: [TableChain: [Int]]] = [:]
+    /// The policy routing TPROXY installs beside the rules (a packet with its mark is routed
+    /// to `lo`), nil without.
+    public var tproxyRoute: TproxyRoute?
 
     public init(backend: Backend, chains: [Family: [TableChain: [RuleEntry]]]) {
         self.backend = backend
@@ -118,5 +121,6 @@ public struct Ruleset: Sendable {
             for family in Family.allCases where !view.isEmpty { chains[family] = view }
         }
         self.init(backend: backend, chains: chains)
+        tproxyRoute = plan.tproxyRoute
     }
 }

@@ -256,9 +256,28 @@ public struct Explainer: Sendable {
         // takes go through lo.
         let local = packet.destination.map { pod?.isLocal($0) ?? false } ?? false
         let marked = ruleset.tproxyRoute.map { $0.mark.value == packet.mark.value } ?? false
+        if marked && !local && packet.proto == .tcp && packet.family == .ipv4 && packet.source == nil
+            && packet.destination.map({ !$0.isLoopback }) ?? false
+        {
+            // connect's second route lookup, from the source the first gave (the destination
+            // itself: the route is `local`), finds no interface with that address.
+            walk.result.verdict = .dropped
+            walk.done = true
+            walk.result.notes.append(
+                "its mark selects the TPROXY route (local default dev lo): connect takes the destination as its source, which is no address of the pod, and fails (ENETUNREACH); no packet is sent"
+            )
+            return
+        }
         if packet.interface == .loopback || local || marked {
             walk.flow.outInterface = .loopback
-            if walk.flow.source == nil { walk.flow.source = local ? packet.destination : nil }
+            if walk.flow.source == nil, let destination = packet.destination {
+                // The kernel's source for a `local` route: IPv4 the destination itself; IPv6
+                // the address its source selection prefers on lo (meshinit's ::6, when the
+                // plan has IPv6), else one of the pod's.
+                walk.flow.source =
+                    local || packet.family == .ipv4
+                    ? destination : ruleset.loopbackSource ?? pod?.address(on: nil, .ipv6)
+            }
         } else if packet.interfaceDefaulted, let destination = packet.destination, let via = pod?.route(destination) {
             walk.flow.outInterface = via
         } else {

@@ -220,7 +220,7 @@ public final class Report {
             "family":"\(p.family.rawValue)","destination":\(quoted(p.destination?.description)),\
             "port":\(p.destinationPort.value),"source":\(quoted(p.source?.description)),\
             "sourcePort":\(number(p.sourcePort?.value)),"uid":\(number(p.uid?.value)),"gid":\(number(p.gid?.value)),\
-            "interface":"\(p.interface.name)","backend":"\(e.backend.rawValue)"
+            "interface":"\(p.interface.name)","mark":\(p.mark.value),"backend":"\(e.backend.rawValue)"
             """
         out += ",\"path\":["
         for (i, step) in e.steps.enumerated() {

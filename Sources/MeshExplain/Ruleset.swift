@@ -66,6 +66,9 @@ public struct Ruleset: Sendable {
     /// The policy routing TPROXY installs beside the rules (a packet with its mark is routed
     /// to `lo`), nil without.
     public var tproxyRoute: TproxyRoute?
+    /// The address meshinit adds to lo beside the rules (`::6`, when the plan has IPv6):
+    /// IPv6's source selection takes it for a packet routed through lo.
+    public var loopbackSource: IPAddress?
 
     public init(backend: Backend, chains: [Family: [TableChain: [RuleEntry]]]) {
         self.backend = backend
@@ -122,5 +125,6 @@ public struct Ruleset: Sendable {
         }
         self.init(backend: backend, chains: chains)
         tproxyRoute = plan.tproxyRoute
+        loopbackSource = plan.families.contains(.ipv6) ? IPAddress(ipv6: 0, 6) : nil
     }
 }

@@ -188,6 +188,7 @@ func explain(
             let (rules, notes) = try readLiveRules(plan, backend: chosen, context)
             var ruleset = rules
             ruleset.tproxyRoute = plan.tproxyRoute
+            ruleset.loopbackSource = plan.families.contains(.ipv6) ? IPAddress(ipv6: 0, 6) : nil
             walks.append(LiveWalk(backend: chosen, live: Explainer(ruleset: ruleset, pod: pod), notes: notes))
         }
     } else {

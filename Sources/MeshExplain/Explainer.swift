@@ -245,17 +245,24 @@ public struct Explainer: Sendable {
     /// Whether routing sends an arriving packet to the pod itself: a mark the TPROXY route
     /// sends to `lo`, the pod's own address (or loopback), or, when the pod's addresses
     /// are not known, any address (explain cannot tell).
-    func routedLocally(_ flow: Flow) -> Bool {
-        if let route = ruleset.tproxyRoute, flow.mark == route.mark.value { return true }  // local default dev lo
+    func routedLocally(_ flow: Flow, _ family: Family) -> Bool {
+        if routesToLoopback(flow.mark, family) { return true }  // local default dev lo
         guard let destination = flow.destination, let pod else { return true }
         return pod.isLocal(destination)
+    }
+
+    /// Whether the TPROXY route (`fwmark M lookup T`: `local default dev lo`) takes a packet
+    /// with this mark.
+    func routesToLoopback(_ mark: UInt32, _ family: Family) -> Bool {
+        guard let route = ruleset.tproxyRoute else { return false }
+        return route.mark.value == mark && ruleset.tproxyRouteFamilies.contains(family)
     }
 
     func walkOut(_ packet: Packet, _ view: [[Int]], _ walk: inout Walk) {
         // The route of the socket's packet: its own addresses and a mark the TPROXY route
         // takes go through lo.
         let local = packet.destination.map { pod?.isLocal($0) ?? false } ?? false
-        let marked = ruleset.tproxyRoute.map { $0.mark.value == packet.mark.value } ?? false
+        let marked = routesToLoopback(packet.mark.value, packet.family)
         if marked && !local && packet.proto == .tcp && packet.family == .ipv4 && packet.source == nil
             && packet.destination.map({ !$0.isLoopback }) ?? false
         {
@@ -284,14 +291,14 @@ public struct Explainer: Sendable {
             walk.flow.outInterface = packet.interface
         }
         let mark = walk.flow.mark
-        guard traverse(.output, [.raw, .mangle], capturing: [], view, packet, &walk) else { return }
+        guard traverse(.output, Self.rawMangle, capturing: Self.none, view, packet, &walk) else { return }
         // mangle OUTPUT reroutes a packet whose mark it changed (nft: a `type route` chain).
-        if walk.flow.mark != mark, let route = ruleset.tproxyRoute, walk.flow.mark == route.mark.value {
+        if walk.flow.mark != mark, routesToLoopback(walk.flow.mark, packet.family) {
             walk.flow.outInterface = .loopback
         }
-        guard traverse(.output, [.nat, .filter], capturing: [.nat], view, packet, &walk) else { return }
+        guard traverse(.output, Self.natFilter, capturing: Self.natOnly, view, packet, &walk) else { return }
         if walk.redirectedAt != nil { walk.flow.outInterface = .loopback }
-        guard traverse(.postrouting, [.mangle, .nat], capturing: [], view, packet, &walk) else { return }
+        guard traverse(.postrouting, Self.mangleNat, capturing: Self.none, view, packet, &walk) else { return }
         guard walk.flow.outInterface == .loopback else {
             walk.result.delivery = .leaves(walk.flow.outInterface ?? packet.interface)
             return
@@ -302,23 +309,34 @@ public struct Explainer: Sendable {
         walk.flow.inInterface = .loopback
         walk.flow.socket = false
         let before = walk.result.steps.count
-        let going = traverse(.prerouting, [.raw, .mangle], capturing: [], view, packet, &walk)
+        let going = traverse(.prerouting, Self.rawMangle, capturing: Self.none, view, packet, &walk)
         if walk.result.steps.count > before {
             walk.result.notes.append(
                 "it stays in the pod and comes back in on lo: raw and mangle PREROUTING see it again, nat PREROUTING does not (its NAT was decided in OUTPUT)"
             )
         }
-        guard going, traverse(.input, [.mangle, .filter], capturing: [], view, packet, &walk) else { return }
+        guard going, traverse(.input, Self.mangleFilter, capturing: Self.none, view, packet, &walk) else { return }
         walk.result.delivery = .local
     }
 
     func walkIn(_ packet: Packet, _ view: [[Int]], _ walk: inout Walk) {
         walk.flow.inInterface = packet.interface
-        guard traverse(.prerouting, [.raw, .mangle, .nat], capturing: [.mangle, .nat], view, packet, &walk) else {
+        guard traverse(.prerouting, Self.rawMangleNat, capturing: Self.mangleNat, view, packet, &walk) else {
             return
         }
-        if walk.redirectedAt != nil || walk.tproxiedAt != nil || routedLocally(walk.flow) {
-            guard traverse(.input, [.mangle, .filter, .nat], capturing: [], view, packet, &walk) else { return }
+        let local = walk.redirectedAt != nil || routedLocally(walk.flow, packet.family)
+        if !local, let t = walk.tproxiedAt {
+            // ip_forward drops a packet that already has a socket (TPROXY's).
+            walk.result.verdict = .dropped
+            walk.result.decisive = t.step
+            walk.done = true
+            walk.result.notes.append(
+                "TPROXY gave it a socket, but no TPROXY route takes its mark for \(packet.family.rawValue) and its destination is not the pod's: routed on, the kernel drops a packet that has a socket"
+            )
+            return
+        }
+        if local {
+            guard traverse(.input, Self.mangleFilterNat, capturing: Self.none, view, packet, &walk) else { return }
             walk.result.delivery = .local
             return
         }
@@ -334,11 +352,21 @@ public struct Explainer: Sendable {
         }
         let via = pod?.route(destination)
         walk.flow.outInterface = via
-        guard traverse(.forward, [.mangle, .filter], capturing: [], view, packet, &walk),
-            traverse(.postrouting, [.mangle, .nat], capturing: [], view, packet, &walk)
+        guard traverse(.forward, Self.mangleFilter, capturing: Self.none, view, packet, &walk),
+            traverse(.postrouting, Self.mangleNat, capturing: Self.none, view, packet, &walk)
         else { return }
         walk.result.delivery = .forwarded(via)
     }
+
+    // The tables of each hook, in priority order (constants: no array per packet).
+    static let rawMangleNat: [Table] = [.raw, .mangle, .nat]
+    static let mangleFilterNat: [Table] = [.mangle, .filter, .nat]
+    static let rawMangle: [Table] = [.raw, .mangle]
+    static let natFilter: [Table] = [.nat, .filter]
+    static let mangleNat: [Table] = [.mangle, .nat]
+    static let mangleFilter: [Table] = [.mangle, .filter]
+    static let natOnly: [Table] = [.nat]
+    static let none: [Table] = []
 
     /// Runs the hook's tables in order; false when the packet's fate is sealed. A RETURN
     /// or ACCEPT in one of the `capturing` tables is a rule that let the packet go.

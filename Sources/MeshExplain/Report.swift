@@ -212,16 +212,41 @@ public final class Report {
     /// The same, appended to `out`.
     public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout String) {
         let p = e.packet
-        func quoted(_ text: String?) -> String { text.map { "\"\($0)\"" } ?? "null" }
-        func number(_ value: (some BinaryInteger)?) -> String { value.map { String($0) } ?? "null" }
-        // One interpolation: the packet's fields are validated values, nothing to escape.
-        out += """
-            {"packet":"\(p.description)","direction":"\(p.direction.rawValue)","protocol":"\(p.proto.rawValue)",\
-            "family":"\(p.family.rawValue)","destination":\(quoted(p.destination?.description)),\
-            "port":\(p.destinationPort.value),"source":\(quoted(p.source?.description)),\
-            "sourcePort":\(number(p.sourcePort?.value)),"uid":\(number(p.uid?.value)),"gid":\(number(p.gid?.value)),\
-            "interface":"\(p.interface.name)","mark":\(p.mark.value),"backend":"\(e.backend.rawValue)"
-            """
+        // Appended piece by piece, without intermediate strings: the packet's fields are
+        // validated values, nothing to escape.
+        func quoted(_ text: String?) {
+            if let text {
+                out += "\""
+                out += text
+                out += "\""
+            } else {
+                out += "null"
+            }
+        }
+        func number(_ value: UInt32?) {
+            if let value { out += String(value) } else { out += "null" }
+        }
+        out += "{\"packet\":\""
+        out += p.description
+        out += p.direction == .out ? "\",\"direction\":\"out\"" : "\",\"direction\":\"in\""
+        out += p.proto == .tcp ? ",\"protocol\":\"tcp\"" : ",\"protocol\":\"udp\""
+        out += p.family == .ipv4 ? ",\"family\":\"ipv4\",\"destination\":" : ",\"family\":\"ipv6\",\"destination\":"
+        quoted(p.destination?.description)
+        out += ",\"port\":"
+        out += String(p.destinationPort.value)
+        out += ",\"source\":"
+        quoted(p.source?.description)
+        out += ",\"sourcePort\":"
+        number(p.sourcePort.map { UInt32($0.value) })
+        out += ",\"uid\":"
+        number(p.uid?.value)
+        out += ",\"gid\":"
+        number(p.gid?.value)
+        out += ",\"interface\":\""
+        out += p.interface.name
+        out += "\",\"mark\":"
+        out += String(p.mark.value)
+        out += e.backend == .iptables ? ",\"backend\":\"iptables\"" : ",\"backend\":\"nft\""
         out += ",\"path\":["
         for (i, step) in e.steps.enumerated() {
             if i > 0 { out += "," }
@@ -229,7 +254,7 @@ public final class Report {
         }
         out += "]"
         out += ",\"decisive\":"
-        out += number(e.decisive.map { $0 + 1 })
+        number(e.decisive.map { UInt32($0 + 1) })
         out += ",\"verdict\":{\"kind\":\""
         out += e.verdict.kind
         out += "\""
@@ -242,18 +267,21 @@ public final class Report {
                 case .dns?: "dns"
                 default: nil
                 }
-            out += ",\"port\":\(port),\"listener\":\(quoted(name))"
+            out += ",\"port\":"
+            out += String(port.value)
+            out += ",\"listener\":"
+            quoted(name)
         case .tproxied(let port, let mark):
             out += ",\"port\":\(port),\"mark\":\(mark)"
         default:
             break
         }
         out += ",\"where\":"
-        out += quoted(e.delivery.kind)
+        quoted(e.delivery.kind)
         out += ",\"interface\":"
         switch e.delivery {
-        case .leaves(let via): out += quoted(via.name)
-        case .forwarded(let via): out += quoted(via?.name)
+        case .leaves(let via): quoted(via.name)
+        case .forwarded(let via): quoted(via?.name)
         default: out += "null"
         }
         out += ",\"localAddress\":"
@@ -267,11 +295,15 @@ public final class Report {
         out += ",\"rewritten\":"
         out += e.rewritten ? "true" : "false"
         out += ",\"text\":"
-        JSONValue.writeString(verdictText(e), to: &out)
+        Self.writeString(verdictText(e), to: &out)
         out += ",\"why\":"
         out += reasonJSON(e)
         out += "},\"notes\":"
-        JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
+        if e.notes.isEmpty {
+            out += "[]"
+        } else {
+            JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
+        }
         for (key, value) in extra {
             out += ","
             JSONValue.writeString(key, to: &out)
@@ -279,6 +311,19 @@ public final class Report {
             value.write(to: &out)
         }
         out += "}"
+    }
+
+    /// `text` as a JSON string: appended whole when no byte needs an escape (a verdict's
+    /// text is made of validated values), else escaped.
+    static func writeString(_ text: String, to out: inout String) {
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            !bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+        }
+        guard plain else { return JSONValue.writeString(text, to: &out) }
+        out += "\""
+        out += text
+        out += "\""
     }
 
     /// One step as a JSON object, once per rule (a list's item is rendered per packet).

@@ -188,6 +188,7 @@ func explain(
             let (rules, notes) = try readLiveRules(plan, backend: chosen, context)
             var ruleset = rules
             ruleset.tproxyRoute = plan.tproxyRoute
+            ruleset.tproxyRouteFamilies = plan.families
             ruleset.loopbackSource = plan.families.contains(.ipv6) ? IPAddress(ipv6: 0, 6) : nil
             walks.append(LiveWalk(backend: chosen, live: Explainer(ruleset: ruleset, pod: pod), notes: notes))
         }
@@ -446,13 +447,16 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
             }
             // The plan's rules by the spec iptables-save prints for them, as the plan's walk
             // holds them (an item of a list keeps the whole list's nft rule).
-            var planned: [TableChain: [String: RuleEntry]] = [:]
+            // Rules of one chain with the same spec (an item of `-d` that is also the tunnel
+            // port's rule) are taken in order, each once.
+            var planned: [TableChain: [String: [RuleEntry]]] = [:]
             for (table, chain, operations) in ChainLayout.materializeOperations(plan.operations(for: family)) {
                 for op in operations {
                     let nft = RuleEntry.nftLine(op.rule, table: table, chain: chain)
                     for rule in op.rule.expanded {
-                        planned[TableChain(table: table, chain: chain), default: [:]][SaveCanonical.spec(rule)] =
-                            RuleEntry(rule, origin: op.origin, table: table, chain: chain, nft: nft)
+                        planned[TableChain(table: table, chain: chain), default: [:]][
+                            SaveCanonical.spec(rule), default: []
+                        ].append(RuleEntry(rule, origin: op.origin, table: table, chain: chain, nft: nft))
                     }
                 }
             }
@@ -463,7 +467,10 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
                     guard let chain = Chain(iptablesName: name) else { continue }
                     let key = TableChain(table: table, chain: chain)
                     view[key] = dump.rules(in: name).map { saved in
-                        if let entry = planned[key]?[saved.spec] { return entry }
+                        if let entry = planned[key]?[saved.spec]?.first {
+                            if planned[key]![saved.spec]!.count > 1 { planned[key]![saved.spec]!.removeFirst() }
+                            return entry
+                        }
                         let (matches, target) = SaveParser.parse(saved.tokens)
                         let nft = (matches.flatMap { m in target.map { Rule(m, $0) } }).map {
                             RuleEntry.nftLine($0, table: table, chain: chain)

@@ -2,30 +2,58 @@
 """Differential test of `meshinit explain` against the kernel.
 
 For random configurations (every flag family: inbound and outbound port lists and ranges,
-CIDRs of both families and long lists, proxy uids and gids, owner groups, excluded and
-kube-virt interfaces, REDIRECT and TPROXY with their mark and table, DNS capture, drop-invalid,
-IPv6 on and off, the loopback CIDR) and both backends, it installs the plan in a throwaway
-pod namespace, asks `explain` where each of many candidate packets goes, picks packets that
-together meet every rule the candidates reach, and sends them for real: a socket as that
-uid/gid (or, for inbound packets, from the world namespace), listeners in the pod on the
-proxy ports (15001/15101 outbound, 15006/15106 inbound, transparent), on 15053 (DNS) and
-on the app ports, each reporting what it got (SO_ORIGINAL_DST, its local address), and a
-catch-all in the world reporting what escaped. explain's verdict must equal what happened:
+CIDRs of both families and long lists, proxy uids and gids, numbers and user/group names,
+owner groups, excluded and kube-virt interfaces, REDIRECT and TPROXY with their mark and
+table, DNS capture, drop-invalid, IPv6 on and off, the loopback CIDR) and both backends, it
+installs the plan in a throwaway pod namespace, asks `explain` (one batch, `--pod-ip` naming
+the pod's addresses) where each of many candidate packets goes, picks packets that together
+meet every rule the candidates reach, and sends them for real: a socket as that uid/gid with
+its SO_MARK (out), from the world namespace (in on eth0), from the VM namespace (in on eth1,
+the kube-virt side), including packets routed through the pod both ways (world -> VM,
+VM -> world and elsewhere). Listeners in the pod on the proxy ports (15001/15101 outbound,
+15006/15106 inbound, transparent), on 15053 (DNS) and on the app ports, and a catch-all in the
+world and in the VM, each report what they got (SO_ORIGINAL_DST, the local address).
+explain's verdict must equal what happened:
 
-    redirect P  -> the listener on P got it, with the packet's destination as SO_ORIGINAL_DST
-    tproxy P    -> the listener on P got it, with the packet's destination as local address
-    pass        -> out: the world (or, over lo, the app) got it, addressed as sent;
-                   in: the app listening on the port got it
+    redirect P  -> the listener on P got it, SO_ORIGINAL_DST = the packet's destination, local
+                   address = explain's localAddress (when it names one)
+    tproxy P    -> the listener on P got it at the packet's destination, or, when nat rewrote it
+                   after TPROXY (`rewritten`: -m TPROXY -k), at localAddress with SO_ORIGINAL_DST
+                   = the packet's destination
+    pass        -> where=local: the app on the port got it (at localAddress);
+                   where=leaves/forwarded: the catch-all behind `interface` got it (eth0: the
+                   world, eth1: the VM), addressed as sent
     drop        -> nobody got it
 
-Every fifth configuration is also explained with --live (the rules read back from the
-kernel): it must agree with the plan (exit 0, no divergence).
+Beside the packets: every "why" must name a rule of the printed path the way it says (the
+decisive rule; the last rule, for "sent it to CHAIN" and "after rule N"); three packets per
+configuration (one right after an inbound packet) explained alone must print exactly the
+batch's line for them; every fifth configuration is also explained with --live (the rules
+read back from the kernel, the namespace's own addresses and routes): it must agree with the
+plan (exit 0, no divergence, the same kind, where, interface and localAddress).
 
-Topology: pod (lo; eth0 10.200.0.2/24, fd00:200::2/64, default routes via the world) <->
-world (veth1 10.200.0.1/24, fd00:200::1/64; nat prerouting redirects every TCP/UDP packet to
-its catch-all on 9999, so any destination address "exists").
+Topology (forwarding on in the pod):
+
+    world (veth1 10.200.0.1/24, fd00:200::1/64; routes 10.201.0.0/24, fd00:201::/64 via the pod)
+      <-> pod (eth0 10.200.0.2/24, fd00:200::2/64, default routes via the world;
+               eth1 10.201.0.1/24, fd00:201::1/64)
+      <-> VM (vm0 10.201.0.2/24, fd00:201::2/64, default routes via the pod)
+
+The world and the VM redirect (nat prerouting) every TCP/UDP packet reaching them to their
+catch-all on 9999, so any destination address "exists". TPROXY's ISTIO_DIVERT marks the
+replies of every established TCP connection arriving, so a forwarded TCP connection cannot
+complete in TPROXY mode: there only UDP is forwarded.
+
+Mutation (run once, see the report of issue 18): make TPROXY end the hook instead of the
+mangle table — in Sources/MeshExplain/Explainer.swift `traverse`, `case .tproxied`: add
+`walk.done = true; walk.result.verdict = .tproxied(port: port, mark: mark);
+walk.result.decisive = i; return false` — and the configurations with -m TPROXY -k eth1 fail
+on the VM's packets ("explain: TPROXY keeping 10.200.0.1:80; the listener's address is
+10.201.0.1:15001"). Reverting issue 18's Report.ReasonKey (no `last`) fails the why-on-path
+and batch checks.
 
 Usage: differential.py --bin PATH [--configs N] [--seed S] [--backend iptables|nft|both]
+    [--only N]
 Seeds are fixed and printed; a failure prints the configuration and the packet. With
 CI=true a missing prerequisite fails; zero configurations run is a failure.
 """
@@ -687,7 +715,9 @@ def run_config(topo, binary, backend, flags, env, facts, r, live, stats):
         p = sh(pod + [binary, "explain", "--live", "--format", "json"] + flags + extra + ["-"],
                stdin="\n".join(packets[i] for i in chosen) + "\n", env=environment, check=False)
         if p.returncode != 0:
-            raise Failure("explain --live exit %d: %s %s" % (p.returncode, p.stderr.strip()[-400:], p.stdout[-800:]))
+            diverging = [l for l in p.stdout.splitlines() if json.loads(l)["divergence"]]
+            raise Failure("explain --live exit %d: %s %s" % (p.returncode, p.stderr.strip()[-400:],
+                                                             " ".join(diverging)[-1500:]))
         for line, i in zip(p.stdout.splitlines(), chosen):
             l = json.loads(line)
             ours = {k: explained[i]["verdict"].get(k) for k in ("kind", "where", "interface", "localAddress")}
@@ -827,6 +857,7 @@ def main():
     ap.add_argument("--configs", type=int, default=110, help="configurations per backend")
     ap.add_argument("--seed", type=int, default=20261203)
     ap.add_argument("--backend", choices=["iptables", "nft", "both"], default="both")
+    ap.add_argument("--only", type=int, help="run only configuration N (as a failure names it: seed*1000+N)")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     missing = prerequisites()
@@ -848,7 +879,7 @@ def main():
     try:
         with Topology() as topo:
             for backend in backends:
-                for n in range(args.configs):
+                for n in ([args.only] if args.only is not None else range(args.configs)):
                     seed = args.seed * 1000 + n
                     r = random.Random(seed)
                     flags, env, facts = random_config(r)

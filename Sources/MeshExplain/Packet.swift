@@ -48,17 +48,24 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
     /// The packet with every default spelled out, in the input syntax.
     public var description: String {
-        var out = direction == .out ? "out " : "in "
-        out += proto == .tcp ? "tcp " : "udp "
-        out += endpoint(destination, destinationPort)
+        var out = ""
+        write(to: &out)
+        return out
+    }
+
+    /// `description`, appended to `out`; `endpoint` is `endpoint(destination,
+    /// destinationPort)` when the caller has it already.
+    public func write(to out: inout String, endpoint given: String? = nil) {
+        out += direction == .out ? (proto == .tcp ? "out tcp " : "out udp ") : (proto == .tcp ? "in tcp " : "in udp ")
+        out += given ?? endpoint(destination, destinationPort)
         if destination == nil && family == .ipv6 { out += " family=ipv6" }
         if let uid {
             out += " uid="
-            out += uid.description
+            out += String(uid.value)
         }
         if let gid {
             out += " gid="
-            out += gid.description
+            out += String(gid.value)
         }
         out += " iface="
         out += interface.name
@@ -68,13 +75,12 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         }
         if let sourcePort {
             out += " sport="
-            out += sourcePort.description
+            out += String(sourcePort.value)
         }
         if mark.value != 0 {
             out += " mark="
-            out += mark.description
+            out += String(mark.value)
         }
-        return out
     }
 
     /// `10.0.0.5:80`, `[fd00::1]:80`, `:8080` (the pod's address).

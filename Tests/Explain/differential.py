@@ -854,7 +854,7 @@ def main():
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
-    ap.add_argument("--configs", type=int, default=110, help="configurations per backend")
+    ap.add_argument("--configs", type=int, default=60, help="configurations per backend")
     ap.add_argument("--seed", type=int, default=20261203)
     ap.add_argument("--backend", choices=["iptables", "nft", "both"], default="both")
     ap.add_argument("--only", type=int, help="run only configuration N (as a failure names it: seed*1000+N)")

@@ -200,6 +200,7 @@ public struct Explainer: Sendable {
             flow: Flow(
                 destination: packet.destination, destinationPort: packet.destinationPort, source: packet.source,
                 mark: packet.mark.value, socket: packet.direction == .out))
+        walk.result.steps.reserveCapacity(8)
         if views[packet.family] == nil {
             walk.result.notes.append(
                 "no \(packet.family.rawValue) rules are installed (\(ruleset.backend == .iptables ? "ip6tables gets rules only with IPv6 on" : "no table")): nothing captures it"

@@ -15,6 +15,7 @@ public final class Report {
     private var reasonJSONCache: [ReasonKey: String] = [:]
     private var verdictCache: [VerdictKey: String] = [:]
     private var templates: [TemplateKey: Template?] = [:]
+    private var pathCache: [[Int]: String] = [:]
 
     /// Everything a reason reads: the decisive rule and its place on the path, or, without
     /// one, the path's length and its last rule (whose jump the reason names).
@@ -336,12 +337,30 @@ public final class Report {
         out += "\",\"mark\":"
         out += String(p.mark.value)
         out += e.backend == .iptables ? ",\"backend\":\"iptables\"" : ",\"backend\":\"nft\""
-        out += ",\"path\":["
-        for (i, step) in e.steps.enumerated() {
-            if i > 0 { out += "," }
-            out += stepJSON(step)
+        // The whole path, once per path of rules without a list's item (few distinct paths
+        // serve thousands of packets).
+        if e.steps.allSatisfy({ $0.item == nil }) {
+            let key = e.steps.map { $0.entry * Hook.allCases.count + Hook.allCases.firstIndex(of: $0.hook)! }
+            if let cached = pathCache[key] {
+                out += cached
+            } else {
+                var path = ",\"path\":["
+                for (i, step) in e.steps.enumerated() {
+                    if i > 0 { path += "," }
+                    path += stepJSON(step)
+                }
+                path += "]"
+                pathCache[key] = path
+                out += path
+            }
+        } else {
+            out += ",\"path\":["
+            for (i, step) in e.steps.enumerated() {
+                if i > 0 { out += "," }
+                out += stepJSON(step)
+            }
+            out += "]"
         }
-        out += "]"
         // From "decisive" to "localAddress": the same for every packet with this verdict,
         // made once.
         let key = VerdictKey(decisive: e.decisive, verdict: e.verdict, delivery: e.delivery, rewritten: e.rewritten)

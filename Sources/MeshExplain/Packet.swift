@@ -41,21 +41,31 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
     public var gid: NumericID?
     /// The output (`out`) or input (`in`) interface.
     public var interface: InterfaceName
+    /// Whether `interface` is the default (not given): explain may then take the pod's
+    /// route instead.
+    public var interfaceDefaulted = false
     public var mark: Mark
 
     /// The packet with every default spelled out, in the input syntax.
     public var description: String {
-        var out = direction == .out ? "out " : "in "
-        out += proto == .tcp ? "tcp " : "udp "
-        out += endpoint(destination, destinationPort)
+        var out = ""
+        write(to: &out)
+        return out
+    }
+
+    /// `description`, appended to `out`; `endpoint` is `endpoint(destination,
+    /// destinationPort)` when the caller has it already.
+    public func write(to out: inout String, endpoint given: String? = nil) {
+        out += direction == .out ? (proto == .tcp ? "out tcp " : "out udp ") : (proto == .tcp ? "in tcp " : "in udp ")
+        out += given ?? endpoint(destination, destinationPort)
         if destination == nil && family == .ipv6 { out += " family=ipv6" }
         if let uid {
             out += " uid="
-            out += uid.description
+            out += String(uid.value)
         }
         if let gid {
             out += " gid="
-            out += gid.description
+            out += String(gid.value)
         }
         out += " iface="
         out += interface.name
@@ -65,13 +75,12 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         }
         if let sourcePort {
             out += " sport="
-            out += sourcePort.description
+            out += String(sourcePort.value)
         }
         if mark.value != 0 {
             out += " mark="
-            out += mark.description
+            out += String(mark.value)
         }
-        return out
     }
 
     /// `10.0.0.5:80`, `[fd00::1]:80`, `:8080` (the pod's address).
@@ -184,6 +193,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
         let loopback = destination?.isLoopback ?? false
         var interface = direction == .out && loopback ? InterfaceName.loopback : defaultInterface
+        let interfaceDefaulted = values[.iface] == nil && !loopback
         if let text = values[.iface] {
             guard let name = InterfaceName(text), text.utf8.last != UInt8(ascii: "+") else {
                 throw fail("iface \(quoted(String(text))): not an interface name (1-15 letters, digits, _ . - @)")
@@ -225,7 +235,8 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
         }
         return Packet(
             direction: direction, proto: proto, family: family, destination: destination, destinationPort: port,
-            source: source, sourcePort: sourcePort, uid: uid, gid: gid, interface: interface, mark: mark)
+            source: source, sourcePort: sourcePort, uid: uid, gid: gid, interface: interface,
+            interfaceDefaulted: interfaceDefaulted, mark: mark)
     }
 
     public static func parse(_ line: String) throws(PacketError) -> Packet { try parse(line[...]) }

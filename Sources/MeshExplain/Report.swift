@@ -13,11 +13,17 @@ public final class Report {
     /// Reasons by what they depend on (the decisive rule, the verdict, the path's length).
     private var reasonCache: [ReasonKey: String] = [:]
     private var reasonJSONCache: [ReasonKey: String] = [:]
+    private var verdictCache: [VerdictKey: String] = [:]
+    private var templates: [TemplateKey: Template?] = [:]
+    private var pathCache: [[Int]: String] = [:]
 
+    /// Everything a reason reads: the decisive rule and its place on the path, or, without
+    /// one, the path's length and its last rule (whose jump the reason names).
     struct ReasonKey: Hashable {
         var decisive: Int
         var kind: String
         var steps: Int
+        var last: Int
     }
 
     public init(ruleset: Ruleset, sources: [CaptureSetting: [String]]) {
@@ -43,12 +49,105 @@ public final class Report {
     public func verdictText(_ e: Explanation) -> String { verdictText(e, original: original(e.packet)) }
 
     /// The packet's destination as the verdict names it.
-    func original(_ p: Packet) -> String {
-        p.destination == nil
-            ? "the pod's address, port \(p.destinationPort)" : p.endpoint(p.destination, p.destinationPort)
+    func original(_ p: Packet) -> String { Texts(p).original }
+
+    /// The texts of a packet's destination, each made once per packet.
+    struct Texts {
+        /// The address alone (nil: the pod's address).
+        var destination: String?
+        /// `ADDR:PORT`, `[ADDR]:PORT`, `:PORT`.
+        var endpoint: String
+        /// As the verdict names it.
+        var original: String
+
+        init(_ p: Packet) {
+            let port = String(p.destinationPort.value)
+            guard let address = p.destination?.description else {
+                destination = nil
+                endpoint = ":" + port
+                original = "the pod's address, port " + port
+                return
+            }
+            destination = address
+            endpoint = p.family == .ipv6 ? "[" + address + "]:" + port : address + ":" + port
+            original = endpoint
+        }
+    }
+
+    /// The destination after nat's rewrite (`the pod's address, port N` when unknown).
+    func final(_ e: Explanation) -> String {
+        e.destination == nil
+            ? "the pod's address, port \(e.destinationPort)" : e.packet.endpoint(e.destination, e.destinationPort)
     }
 
     func verdictText(_ e: Explanation, original: String) -> String {
+        verdictText(e, original: original, port: String(e.packet.destinationPort.value))
+    }
+
+    /// What a verdict's text depends on besides the packet's destination (or port).
+    struct TemplateKey: Hashable {
+        var verdict: Verdict
+        var delivery: Delivery
+        var direction: Direction
+        var proto: L4Protocol
+    }
+
+    /// A verdict's text around its one variable part (none, the destination, or the port).
+    struct Template {
+        enum Middle { case none, original, port }
+        var prefix: String
+        var middle: Middle
+        var suffix: String
+        /// Whether no byte of it needs a JSON escape.
+        var plain: Bool
+    }
+
+    /// The verdict's text appended to `out` (as a JSON string with `json`), from a template
+    /// made once per kind of verdict (a nat rewrite after TPROXY names two addresses: made
+    /// whole).
+    func appendVerdictText(_ e: Explanation, _ texts: Texts, json: Bool, to out: inout String) {
+        let template: Template?
+        if e.rewritten {
+            template = nil
+        } else {
+            let key = TemplateKey(
+                verdict: e.verdict, delivery: e.delivery, direction: e.packet.direction, proto: e.packet.proto)
+            if let cached = templates[key] {
+                template = cached
+            } else {
+                let marker = "\u{1}"
+                let whole = verdictText(e, original: marker, port: marker)
+                let parts = whole.split(separator: "\u{1}", omittingEmptySubsequences: false)
+                let made: Template? =
+                    parts.count > 2
+                    ? nil
+                    : Template(
+                        prefix: String(parts[0]),
+                        middle: parts.count == 1
+                            ? .none : verdictText(e, original: marker, port: "").contains(marker) ? .original : .port,
+                        suffix: parts.count == 2 ? String(parts[1]) : "",
+                        plain: !whole.utf8.contains { ($0 < 0x20 && $0 != 1) || $0 == 0x22 || $0 == 0x5c })
+                templates[key] = made
+                template = made
+            }
+        }
+        guard let template, template.plain || !json else {
+            let text = verdictText(e, original: texts.original)
+            if json { Self.writeString(text, to: &out) } else { out += text }
+            return
+        }
+        if json { out += "\"" }
+        out += template.prefix
+        switch template.middle {
+        case .none: break
+        case .original: out += texts.original
+        case .port: out += String(e.packet.destinationPort.value)
+        }
+        out += template.suffix
+        if json { out += "\"" }
+    }
+
+    func verdictText(_ e: Explanation, original: String, port destinationPort: String) -> String {
         let p = e.packet
         switch e.verdict {
         case .redirected(let port, let listener):
@@ -61,15 +160,23 @@ public final class Report {
             default: return "captured: redirected to port \(port); \(kept)"
             }
         case .tproxied(let port, let mark):
+            guard e.rewritten else {
+                return
+                    "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener); addresses kept"
+            }
             return
-                "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener); addresses kept"
+                "captured: TPROXY to port \(port) with mark \(mark) (policy routing delivers it to the transparent listener), then nat REDIRECT rewrote the destination to \(final(e)): the listener on \(port) gets it at that address; original destination \(original) kept\(p.proto == .tcp ? " (SO_ORIGINAL_DST)" : "")"
         case .dropped:
             return "dropped"
         case .notCaptured:
-            switch p.direction {
-            case .out where p.interface == .loopback: return "not captured: delivered in the pod to \(original) over lo"
-            case .out: return "not captured: leaves the pod for \(original) through \(p.interface)"
-            case .in: return "not captured: delivered to the app on port \(p.destinationPort)"
+            switch e.delivery {
+            case .leaves(let via): return "not captured: leaves the pod for \(original) through \(via)"
+            case .forwarded(let via):
+                return
+                    "not captured: forwarded (\(original) is not the pod's address) through \(via.map(\.name) ?? "the interface of its route")"
+            case .local where p.direction == .out:
+                return "not captured: delivered in the pod to \(original) over lo"
+            default: return "not captured: delivered to the app on port \(destinationPort)"
             }
         case .uncertain:
             return "uncertain: the kernel holds a rule on this path that explain cannot evaluate"
@@ -98,7 +205,7 @@ public final class Report {
     private func reasonKey(_ e: Explanation) -> ReasonKey {
         ReasonKey(
             decisive: e.decisive.map { e.steps[$0].entry } ?? -1, kind: e.verdict.kind,
-            steps: e.decisive ?? -e.steps.count)
+            steps: e.decisive ?? -e.steps.count, last: e.steps.last?.entry ?? -1)
     }
 
     private func reason(_ e: Explanation) -> String {
@@ -137,7 +244,8 @@ public final class Report {
 
     /// The same, appended to `out` (one growing buffer for thousands of packets).
     public func text(_ e: Explanation, extra: [String] = [], into out: inout String) {
-        out += e.packet.description
+        let texts = Texts(e.packet)
+        e.packet.write(to: &out, endpoint: texts.endpoint)
         out += "\n  backend "
         out += e.backend.rawValue
         out += e.packet.family == .ipv4 ? ", ipv4\n" : ", ipv6\n"
@@ -155,7 +263,7 @@ public final class Report {
         if e.steps.isEmpty { out += "  no rule matched\n" }
         for note in e.notes { out += "  note: \(note)\n" }
         out += "  verdict: "
-        out += verdictText(e, original: original(e.packet))
+        appendVerdictText(e, texts, json: false, to: &out)
         out += "\n"
         let reason = reasonText(e)
         if !reason.isEmpty { out += "  why: \(reason)\n" }
@@ -195,24 +303,125 @@ public final class Report {
     /// The same, appended to `out`.
     public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout String) {
         let p = e.packet
-        func quoted(_ text: String?) -> String { text.map { "\"\($0)\"" } ?? "null" }
-        func number(_ value: (some BinaryInteger)?) -> String { value.map { String($0) } ?? "null" }
-        // One interpolation: the packet's fields are validated values, nothing to escape.
-        out += """
-            {"packet":"\(p.description)","direction":"\(p.direction.rawValue)","protocol":"\(p.proto.rawValue)",\
-            "family":"\(p.family.rawValue)","destination":\(quoted(p.destination?.description)),\
-            "port":\(p.destinationPort.value),"source":\(quoted(p.source?.description)),\
-            "sourcePort":\(number(p.sourcePort?.value)),"uid":\(number(p.uid?.value)),"gid":\(number(p.gid?.value)),\
-            "interface":"\(p.interface.name)","backend":"\(e.backend.rawValue)"
-            """
-        out += ",\"path\":["
-        for (i, step) in e.steps.enumerated() {
-            if i > 0 { out += "," }
-            out += stepJSON(step)
+        // Appended piece by piece, without intermediate strings: the packet's fields are
+        // validated values, nothing to escape.
+        func quoted(_ text: String?) {
+            if let text {
+                out += "\""
+                out += text
+                out += "\""
+            } else {
+                out += "null"
+            }
         }
-        out += "]"
-        out += ",\"decisive\":"
-        out += number(e.decisive.map { $0 + 1 })
+        func number(_ value: UInt32?) {
+            if let value { out += String(value) } else { out += "null" }
+        }
+        let texts = Texts(p)
+        out += "{\"packet\":\""
+        p.write(to: &out, endpoint: texts.endpoint)
+        out += Self.heads[(p.direction == .out ? 0 : 4) + (p.proto == .tcp ? 0 : 2) + (p.family == .ipv4 ? 0 : 1)]
+        quoted(texts.destination)
+        out += ",\"port\":"
+        out += String(p.destinationPort.value)
+        out += ",\"source\":"
+        quoted(p.source?.description)
+        out += ",\"sourcePort\":"
+        number(p.sourcePort.map { UInt32($0.value) })
+        out += ",\"uid\":"
+        number(p.uid?.value)
+        out += ",\"gid\":"
+        number(p.gid?.value)
+        out += ",\"interface\":\""
+        out += p.interface.name
+        out += "\",\"mark\":"
+        out += String(p.mark.value)
+        out += e.backend == .iptables ? ",\"backend\":\"iptables\"" : ",\"backend\":\"nft\""
+        // The whole path, once per path of rules without a list's item (few distinct paths
+        // serve thousands of packets).
+        if e.steps.allSatisfy({ $0.item == nil }) {
+            let key = e.steps.map { $0.entry * Hook.allCases.count + Hook.allCases.firstIndex(of: $0.hook)! }
+            if let cached = pathCache[key] {
+                out += cached
+            } else {
+                var path = ",\"path\":["
+                for (i, step) in e.steps.enumerated() {
+                    if i > 0 { path += "," }
+                    path += stepJSON(step)
+                }
+                path += "]"
+                pathCache[key] = path
+                out += path
+            }
+        } else {
+            out += ",\"path\":["
+            for (i, step) in e.steps.enumerated() {
+                if i > 0 { out += "," }
+                out += stepJSON(step)
+            }
+            out += "]"
+        }
+        // From "decisive" to "localAddress": the same for every packet with this verdict,
+        // made once.
+        let key = VerdictKey(decisive: e.decisive, verdict: e.verdict, delivery: e.delivery, rewritten: e.rewritten)
+        if let cached = verdictCache[key] {
+            out += cached
+        } else {
+            let block = verdictBlock(e)
+            verdictCache[key] = block
+            out += block
+        }
+        if case .local = e.delivery, e.destination != nil {
+            out += "\""
+            if !e.rewritten && e.destination == p.destination {
+                out += texts.endpoint
+            } else {
+                out += p.endpoint(e.destination, e.destinationPort)
+            }
+            out += "\""
+        } else {
+            out += "null"
+        }
+        out += ",\"text\":"
+        appendVerdictText(e, texts, json: true, to: &out)
+        out += ",\"why\":"
+        out += reasonJSON(e)
+        out += "},\"notes\":"
+        if e.notes.isEmpty {
+            out += "[]"
+        } else {
+            JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
+        }
+        for (key, value) in extra {
+            out += ","
+            JSONValue.writeString(key, to: &out)
+            out += ":"
+            value.write(to: &out)
+        }
+        out += "}"
+    }
+
+    /// `","direction":…,"protocol":…,"family":…,"destination":` by direction, protocol, family.
+    static let heads: [String] = ["out", "in"].flatMap { d in
+        ["tcp", "udp"].flatMap { p in
+            ["ipv4", "ipv6"].map { f in
+                "\",\"direction\":\"" + d + "\",\"protocol\":\"" + p + "\",\"family\":\"" + f + "\",\"destination\":"
+            }
+        }
+    }
+
+    struct VerdictKey: Hashable {
+        var decisive: Int?
+        var verdict: Verdict
+        var delivery: Delivery
+        var rewritten: Bool
+    }
+
+    /// `,"decisive":N,"verdict":{"kind":…,"rewritten":B,"localAddress":`.
+    private func verdictBlock(_ e: Explanation) -> String {
+        func quoted(_ text: String?) -> String { text.map { "\"" + $0 + "\"" } ?? "null" }
+        var out = ",\"decisive\":"
+        out += e.decisive.map { String($0 + 1) } ?? "null"
         out += ",\"verdict\":{\"kind\":\""
         out += e.verdict.kind
         out += "\""
@@ -231,19 +440,31 @@ public final class Report {
         default:
             break
         }
-        out += ",\"text\":"
-        JSONValue.writeString(verdictText(e), to: &out)
-        out += ",\"why\":"
-        out += reasonJSON(e)
-        out += "},\"notes\":"
-        JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
-        for (key, value) in extra {
-            out += ","
-            JSONValue.writeString(key, to: &out)
-            out += ":"
-            value.write(to: &out)
+        out += ",\"where\":"
+        out += quoted(e.delivery.kind)
+        out += ",\"interface\":"
+        switch e.delivery {
+        case .leaves(let via): out += quoted(via.name)
+        case .forwarded(let via): out += quoted(via?.name)
+        default: out += "null"
         }
-        out += "}"
+        out += ",\"rewritten\":"
+        out += e.rewritten ? "true" : "false"
+        out += ",\"localAddress\":"
+        return out
+    }
+
+    /// `text` as a JSON string: appended whole when no byte needs an escape (a verdict's
+    /// text is made of validated values), else escaped.
+    static func writeString(_ text: String, to out: inout String) {
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            !bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+        }
+        guard plain else { return JSONValue.writeString(text, to: &out) }
+        out += "\""
+        out += text
+        out += "\""
     }
 
     /// One step as a JSON object, once per rule (a list's item is rendered per packet).

@@ -63,6 +63,14 @@ public struct Ruleset: Sendable {
     public private(set) var entries: [RuleEntry] = []
     /// Family → (table, chain) → rule ids in order. A family without an entry holds no rules.
     public private(set) var chains: [Family: [TableChain: [Int]]] = [:]
+    /// The policy routing TPROXY installs beside the rules (a packet with its mark is routed
+    /// to `lo`), nil without; for the families of `tproxyRouteFamilies` only (the plan's:
+    /// IPv6 only with IPv6 on).
+    public var tproxyRoute: TproxyRoute?
+    public var tproxyRouteFamilies: [Family] = []
+    /// The address meshinit adds to lo beside the rules (`::6`, when the plan has IPv6):
+    /// IPv6's source selection takes it for a packet routed through lo.
+    public var loopbackSource: IPAddress?
 
     public init(backend: Backend, chains: [Family: [TableChain: [RuleEntry]]]) {
         self.backend = backend
@@ -118,5 +126,8 @@ public struct Ruleset: Sendable {
             for family in Family.allCases where !view.isEmpty { chains[family] = view }
         }
         self.init(backend: backend, chains: chains)
+        tproxyRoute = plan.tproxyRoute
+        tproxyRouteFamilies = plan.families
+        loopbackSource = plan.families.contains(.ipv6) ? IPAddress(ipv6: 0, 6) : nil
     }
 }

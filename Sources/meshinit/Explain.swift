@@ -55,6 +55,12 @@ struct ExplainCommand: ParsableCommand {
         name: .customLong("annotation"),
         help: ArgumentHelp("With --cni-config: a pod annotation (repeat for several).", valueName: "key=value"))
     var annotations: [String] = []
+    @Option(
+        name: .customLong("pod-ip"),
+        help: ArgumentHelp(
+            "The pod's addresses, [IFACE=]ADDR[/LEN] (IFACE default eth0; /LEN: its subnet's route; repeat or separate with commas): a packet to another address is forwarded, not delivered, and :PORT is the address. --live reads them from the namespace.",
+            valueName: "addr"))
+    var podIPs: [String] = []
     @Argument(
         parsing: .allUnrecognized,
         help: ArgumentHelp("Istio's istio-iptables flags, then packets (see above).", valueName: "flags-and-packets"))
@@ -85,7 +91,7 @@ struct ExplainCommand: ParsableCommand {
             }
             source = .flags(given)
         }
-        try explain(source, operands: operands ?? [], format: format, backend: backend, live: live)
+        try explain(source, operands: operands ?? [], format: format, backend: backend, live: live, podIPs: podIPs)
     }
 
     /// `explain`'s arguments (after `explain`) as the fast path reads them, or nil for the
@@ -93,7 +99,9 @@ struct ExplainCommand: ParsableCommand {
     static func fastPath(_ arguments: ArraySlice<String>) -> (
         format: ExplainFormat, backend: Backend?, given: FlagMap<String>, operands: [String]
     )? {
-        guard !arguments.contains("--live") else { return nil }
+        guard !arguments.contains("--live"), !arguments.contains(where: { $0.hasPrefix("--pod-ip") }) else {
+            return nil
+        }
         var options: [String: String] = [:]
         var operands: [String]? = []
         guard
@@ -121,10 +129,19 @@ enum ExplainSource {
 
 /// `explain`: parses every packet first (a bad one is exit 64 and prints nothing), plans,
 /// walks each packet through the plan (or the live rules) and prints the walks.
-func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat, backend: Backend?, live: Bool)
-    throws
-{
+func explain(
+    _ source: ExplainSource, operands: [String], format: ExplainFormat, backend: Backend?, live: Bool,
+    podIPs: [String] = []
+) throws {
     let packets = try readPackets(operands)
+    var pod: PodNetwork?
+    if !podIPs.isEmpty {
+        do {
+            pod = try PodNetwork.parse(podIPs)
+        } catch {
+            throw CommandFailure(status: .usage, message: error.description)
+        }
+    }
     let settings: Settings
     let input: ConfigInput
     var defaultBackend: Backend?
@@ -146,6 +163,8 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
             .input(input), in: .path(live ? netns : nil), lookup: HostLookup())
     }
     printWarnings(settings)
+    // With --live, in the pod's namespace now: its addresses, routes and forwarding.
+    if live && pod == nil { pod = livePodNetwork() }
     let plan = Planner.plan(settings.capture)
     let sources = input.origins(of: settings).mapValues { $0.map(\.description) }
 
@@ -161,7 +180,11 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
         for installed in try context.installedBackends(request) {
             let chosen: Backend = installed == .netlink ? .nft : .iptables
             let (rules, notes) = try readLiveRules(plan, backend: chosen, context)
-            walks.append(LiveWalk(backend: chosen, live: Explainer(ruleset: rules), notes: notes))
+            var ruleset = rules
+            ruleset.tproxyRoute = plan.tproxyRoute
+            ruleset.tproxyRouteFamilies = plan.families
+            ruleset.loopbackSource = plan.families.contains(.ipv6) ? IPAddress(ipv6: 0, 6) : nil
+            walks.append(LiveWalk(backend: chosen, live: Explainer(ruleset: ruleset, pod: pod), notes: notes))
         }
     } else {
         walks.append(LiveWalk(backend: backend ?? defaultBackend ?? (settings.run.nativeNftables ? .nft : .iptables)))
@@ -172,7 +195,7 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
     var diverging = 0
     var index = 0
     for walk in walks {
-        let planned = Explainer(ruleset: Ruleset(plan: plan, backend: walk.backend))
+        let planned = Explainer(ruleset: Ruleset(plan: plan, backend: walk.backend), pod: pod)
         let planReport = Report(ruleset: planned.ruleset, sources: sources)
         let report = walk.live.map { Report(ruleset: $0.ruleset, sources: sources) } ?? planReport
         for packet in packets {
@@ -228,6 +251,25 @@ func explain(_ source: ExplainSource, operands: [String], format: ExplainFormat,
             message: "the kernel's rules and the plan diverge on \(diverging) of \(packets.count * walks.count) paths"
         )
     }
+}
+
+/// The current namespace's network as explain needs it: its interfaces' addresses, its
+/// routes (`/proc/net/route`, `/proc/net/ipv6_route`) and whether it forwards.
+func livePodNetwork() -> PodNetwork {
+    let system = LiveSystem()
+    var network = PodNetwork(
+        addresses: system.interfaceAddresses().compactMap { entry in
+            InterfaceName(entry.interface).map { PodNetwork.Address(interface: $0, address: entry.address) }
+        })
+    network.routes = PodNetwork.routes(
+        procRoute: system.readFile("/proc/net/route") ?? "",
+        procIPv6Route: system.readFile("/proc/net/ipv6_route") ?? "")
+    for (family, path) in [
+        (Family.ipv4, "/proc/sys/net/ipv4/ip_forward"), (.ipv6, "/proc/sys/net/ipv6/conf/all/forwarding"),
+    ] {
+        if let text = system.readFile(path) { network.forwarding[family] = text.hasPrefix("1") }
+    }
+    return network
 }
 
 /// The plugin's configuration from a `.conflist` (its meshinit entry) or from that entry
@@ -399,13 +441,16 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
             }
             // The plan's rules by the spec iptables-save prints for them, as the plan's walk
             // holds them (an item of a list keeps the whole list's nft rule).
-            var planned: [TableChain: [String: RuleEntry]] = [:]
+            // Rules of one chain with the same spec (an item of `-d` that is also the tunnel
+            // port's rule) are taken in order, each once.
+            var planned: [TableChain: [String: [RuleEntry]]] = [:]
             for (table, chain, operations) in ChainLayout.materializeOperations(plan.operations(for: family)) {
                 for op in operations {
                     let nft = RuleEntry.nftLine(op.rule, table: table, chain: chain)
                     for rule in op.rule.expanded {
-                        planned[TableChain(table: table, chain: chain), default: [:]][SaveCanonical.spec(rule)] =
-                            RuleEntry(rule, origin: op.origin, table: table, chain: chain, nft: nft)
+                        planned[TableChain(table: table, chain: chain), default: [:]][
+                            SaveCanonical.spec(rule), default: []
+                        ].append(RuleEntry(rule, origin: op.origin, table: table, chain: chain, nft: nft))
                     }
                 }
             }
@@ -416,7 +461,10 @@ func readLiveRules(_ plan: Plan, backend: Backend, _ context: Context) throws ->
                     guard let chain = Chain(iptablesName: name) else { continue }
                     let key = TableChain(table: table, chain: chain)
                     view[key] = dump.rules(in: name).map { saved in
-                        if let entry = planned[key]?[saved.spec] { return entry }
+                        if let entry = planned[key]?[saved.spec]?.first {
+                            if planned[key]![saved.spec]!.count > 1 { planned[key]![saved.spec]!.removeFirst() }
+                            return entry
+                        }
                         let (matches, target) = SaveParser.parse(saved.tokens)
                         let nft = (matches.flatMap { m in target.map { Rule(m, $0) } }).map {
                             RuleEntry.nftLine($0, table: table, chain: chain)

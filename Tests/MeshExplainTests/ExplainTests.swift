@@ -38,8 +38,8 @@ struct Setup {
         sources = input.origins(of: settings).mapValues { $0.map(\.description) }
     }
 
-    func explain(_ packet: String, _ backend: Backend = .iptables) throws -> Walk {
-        let explainer = Explainer(ruleset: Ruleset(plan: plan, backend: backend))
+    func explain(_ packet: String, _ backend: Backend = .iptables, pod: PodNetwork? = nil) throws -> Walk {
+        let explainer = Explainer(ruleset: Ruleset(plan: plan, backend: backend), pod: pod)
         return Walk(
             e: explainer.explain(try Packet.parse(packet)), report: Report(ruleset: explainer.ruleset, sources: sources)
         )
@@ -468,5 +468,169 @@ struct BackendAgreementTests {
                 #expect(a != nil && a?.verdict == b?.verdict, "\(arguments) \(text)")
             }
         }
+    }
+}
+
+/// A pod between the world (eth0) and a VM (eth1, a kube-virt interface), as the
+/// differential builds it.
+let vmPod = try! PodNetwork.parse(["eth0=10.200.0.2/24,eth1=10.201.0.1/24,eth0=fd00:200::2/64,eth1=fd00:201::1/64"])
+
+@Suite("explain: every hook, in order (issue 18)")
+struct HookOrderTests {
+    @Test("TPROXY ends mangle only: a kube-virt packet is TPROXYed, then nat's REDIRECT rewrites its destination")
+    func tproxyThenNat() throws {
+        let setup = try Setup([
+            "-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-b", "*", "-i", "*", "-k", "eth1",
+        ])
+        for backend in Backend.allCases {
+            for pod in [nil, vmPod] {
+                let e = try setup.explain("in tcp 8.8.8.8:80 iface=eth1 src=10.201.0.2", backend, pod: pod)
+                #expect(e.verdict == .tproxied(port: Port(15006)!, mark: Mark(1337)))
+                #expect(e.steps[try e.decided].table == .mangle)
+                // nat PREROUTING ran after mangle's TPROXY, and redirected to the proxy port.
+                #expect(e.steps.map(\.table) == [.mangle, .mangle, .mangle, .nat, .nat])
+                #expect(e.steps.last?.chain == .own(.redirect))
+                #expect(e.rewritten)
+                #expect(e.destinationPort == Port(15001)!)
+                #expect(e.delivery == .local)
+                #expect(e.verdictText.contains("then nat REDIRECT rewrote the destination"))
+                #expect(e.verdictText.contains("original destination 8.8.8.8:80 kept"))
+                if pod != nil { #expect(e.destination == IPAddress("10.201.0.1")) }
+            }
+            // Not on a kube-virt interface: TPROXY alone, addresses kept.
+            let plain = try setup.explain("in tcp 10.200.0.2:80", backend, pod: vmPod)
+            #expect(plain.verdict == .tproxied(port: Port(15006)!, mark: Mark(1337)))
+            #expect(!plain.rewritten)
+            #expect(plain.destination == IPAddress("10.200.0.2"))
+        }
+    }
+
+    @Test("a packet to an address that is not the pod's is forwarded, through the interface of its route")
+    func forwarded() throws {
+        let setup = try Setup([
+            "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-b", "*", "-d", "22", "-i", "*", "-k",
+            "eth1", "--ipv6=on",
+        ])
+        for backend in Backend.allCases {
+            // world -> VM: UDP (not captured) and an excluded inbound port.
+            for packet in [
+                "in udp 10.201.0.2:53 src=10.200.0.1", "in tcp 10.201.0.2:22 src=10.200.0.1",
+                "in udp [fd00:201::2]:53 src=fd00:200::1",
+            ] {
+                let e = try setup.explain(packet, backend, pod: vmPod)
+                #expect(e.verdict == .notCaptured, "\(packet)")
+                #expect(e.delivery == .forwarded(InterfaceName("eth1")!), "\(packet)")
+                #expect(e.verdictText.hasPrefix("not captured: forwarded"), "\(packet)")
+                #expect(e.verdictText.hasSuffix("through eth1"), "\(packet)")
+            }
+            // VM -> world: UDP goes on through eth0; TCP is redirected to the proxy.
+            let out = try setup.explain("in udp 8.8.8.8:53 iface=eth1 src=10.201.0.2", backend, pod: vmPod)
+            #expect(out.delivery == .forwarded(InterfaceName("eth0")!))
+            let tcp = try setup.explain("in tcp 8.8.8.8:443 iface=eth1 src=10.201.0.2", backend, pod: vmPod)
+            #expect(tcp.verdict == .redirected(port: Port(15001)!, listener: .proxyPort))
+            #expect(tcp.destination == IPAddress("10.201.0.1"))
+            // world -> VM, TCP: captured inbound like any arriving packet.
+            let inbound = try setup.explain("in tcp 10.201.0.2:80 src=10.200.0.1", backend, pod: vmPod)
+            #expect(inbound.verdict == .redirected(port: Port(15006)!, listener: .inboundCapturePort))
+            #expect(inbound.delivery == .local)
+            // The pod's own address: delivered to the app.
+            let own = try setup.explain("in udp 10.200.0.2:53 src=10.200.0.1", backend, pod: vmPod)
+            #expect(own.delivery == .local)
+            #expect(own.verdictText == "not captured: delivered to the app on port 53")
+        }
+        // Without forwarding, the kernel drops it.
+        var off = vmPod
+        off.forwarding[.ipv4] = false
+        let dropped = try setup.explain("in udp 10.201.0.2:53", .iptables, pod: off)
+        #expect(dropped.verdict == .dropped)
+        #expect(dropped.notes.contains { $0.contains("does not forward") })
+    }
+
+    @Test("a batch is N single calls: a reason never carries the previous packet's path")
+    func noStateBetweenPackets() throws {
+        let setup = try Setup(["-u", "1337", "-i", "10.66.128.0/24", "-b", "80"])
+        let packets = [
+            "in tcp :8011", "out tcp 10.66.0.2:80 uid=7", "in tcp :8080", "out tcp 10.66.128.9:80 uid=7",
+            "out udp 10.66.0.3:53 uid=1", "in udp :9",
+        ]
+        for backend in Backend.allCases {
+            let ruleset = Ruleset(plan: setup.plan, backend: backend)
+            let explainer = Explainer(ruleset: ruleset)
+            let shared = Report(ruleset: ruleset, sources: setup.sources)
+            var batchText = ""
+            var batchJSON = ""
+            var singleText = ""
+            var singleJSON = ""
+            for packet in packets {
+                let e = explainer.explain(try Packet.parse(packet))
+                shared.text(e, into: &batchText)
+                shared.json(e, into: &batchJSON)
+                let alone = Report(ruleset: ruleset, sources: setup.sources)
+                alone.text(e, into: &singleText)
+                alone.json(e, into: &singleJSON)
+            }
+            #expect(batchText == singleText)
+            #expect(batchJSON == singleJSON)
+            let second = explainer.explain(try Packet.parse(packets[1]))
+            #expect(
+                shared.reasonText(second)
+                    == "no rule captured it: rule 1 sent it to ISTIO_OUTPUT, where no rule matched it")
+        }
+    }
+
+    @Test("`in tcp :PORT` is the pod's address: a CIDR that covers it matches")
+    func podAddressMatches() throws {
+        let setup = try Setup([
+            "-p", "15001", "-z", "15006", "-u", "1337", "-b", "", "-i", "10.201.0.0/16", "-k", "eth1",
+        ])
+        for backend in Backend.allCases {
+            let e = try setup.explain("in tcp :8080 iface=eth1", backend, pod: vmPod)
+            #expect(e.verdict == .redirected(port: Port(15001)!, listener: .proxyPort))
+            #expect(e.line(try e.decided) == "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001")
+            #expect(e.steps[0].table == .nat && e.line(0) == "-A PREROUTING -i eth1 -d 10.201.0.0/16 -j ISTIO_REDIRECT")
+            // Unknown address: taken to match no CIDR, and said so.
+            let unknown = try setup.explain("in tcp :8080 iface=eth1", backend)
+            #expect(unknown.verdict == .notCaptured)
+            #expect(unknown.notes.contains { $0.contains("--pod-ip") })
+        }
+    }
+
+    @Test("a mark the TPROXY route takes sends an out packet through lo; a mangle mark reroutes")
+    func markRoutes() throws {
+        let setup = try Setup(["-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-b", "*", "-i", "*"])
+        let e = try setup.explain("out udp 10.9.9.9:80 uid=1000 mark=1337", .iptables, pod: vmPod)
+        #expect(e.delivery == .local)
+        #expect(e.verdictText.contains("over lo"))
+        let plain = try setup.explain("out udp 10.9.9.9:80 uid=1000", .iptables, pod: vmPod)
+        #expect(plain.delivery == .leaves(InterfaceName("eth0")!))
+        // The pod's route picks the interface of a destination on the VM's subnet.
+        let vm = try setup.explain("out udp 10.201.0.2:80 uid=1000", .iptables, pod: vmPod)
+        #expect(vm.delivery == .leaves(InterfaceName("eth1")!))
+        #expect(vm.verdictText == "not captured: leaves the pod for 10.201.0.2:80 through eth1")
+    }
+
+    @Test("--pod-ip items and /proc route tables parse")
+    func podNetwork() throws {
+        #expect(vmPod.addresses.count == 4)
+        #expect(vmPod.route(IPAddress("10.201.0.9")!) == InterfaceName("eth1"))
+        #expect(vmPod.route(IPAddress("1.1.1.1")!) == InterfaceName("eth0"))
+        #expect(vmPod.route(IPAddress("fd00:201::9")!) == InterfaceName("eth1"))
+        #expect(vmPod.isLocal(IPAddress("10.201.0.1")!) && !vmPod.isLocal(IPAddress("10.201.0.2")!))
+        #expect(throws: PodNetworkError.self) { try PodNetwork.parse(["eth0=10.1.2"]) }
+        #expect(throws: PodNetworkError.self) { try PodNetwork.parse(["eth+=10.1.2.3"]) }
+        let v4 = """
+            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+            eth0\t00000000\t0100C80A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+            eth1\t0000C90A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+            """
+        let v6 =
+            "fd000201000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1\n"
+        let routes = PodNetwork.routes(procRoute: v4, procIPv6Route: v6)
+        #expect(
+            routes == [
+                PodNetwork.Route(destination: CIDR("0.0.0.0/0")!, interface: InterfaceName("eth0")!),
+                PodNetwork.Route(destination: CIDR("10.201.0.0/24")!, interface: InterfaceName("eth1")!),
+                PodNetwork.Route(destination: CIDR("fd00:201::/64")!, interface: InterfaceName("eth1")!),
+            ])
     }
 }

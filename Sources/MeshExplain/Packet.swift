@@ -55,7 +55,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
 
     /// `description`, appended to `out`; `endpoint` is `endpoint(destination,
     /// destinationPort)` when the caller has it already.
-    public func write(to out: inout String, endpoint given: String? = nil) {
+    public func write<Out: TextOutput>(to out: inout Out, endpoint given: String? = nil) {
         out += direction == .out ? (proto == .tcp ? "out tcp " : "out udp ") : (proto == .tcp ? "in tcp " : "in udp ")
         out += given ?? endpoint(destination, destinationPort)
         if destination == nil && family == .ipv6 { out += " family=ipv6" }

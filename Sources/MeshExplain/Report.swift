@@ -105,7 +105,7 @@ public final class Report {
     /// The verdict's text appended to `out` (as a JSON string with `json`), from a template
     /// made once per kind of verdict (a nat rewrite after TPROXY names two addresses: made
     /// whole).
-    func appendVerdictText(_ e: Explanation, _ texts: Texts, json: Bool, to out: inout String) {
+    func appendVerdictText<Out: TextOutput>(_ e: Explanation, _ texts: Texts, json: Bool, to out: inout Out) {
         let template: Template?
         if e.rewritten {
             template = nil
@@ -243,7 +243,12 @@ public final class Report {
     }
 
     /// The same, appended to `out` (one growing buffer for thousands of packets).
-    public func text(_ e: Explanation, extra: [String] = [], into out: inout String) {
+    public func text(_ e: Explanation, extra: [String] = [], into out: inout String) { write(e, extra, &out) }
+
+    /// The same, appended to a byte buffer.
+    public func text(_ e: Explanation, extra: [String] = [], into out: inout OutputBuffer) { write(e, extra, &out) }
+
+    private func write<Out: TextOutput>(_ e: Explanation, _ extra: [String], _ out: inout Out) {
         let texts = Texts(e.packet)
         e.packet.write(to: &out, endpoint: texts.endpoint)
         out += "\n  backend "
@@ -302,6 +307,15 @@ public final class Report {
 
     /// The same, appended to `out`.
     public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout String) {
+        writeJSON(e, extra, &out)
+    }
+
+    /// The same, appended to a byte buffer.
+    public func json(_ e: Explanation, extra: [(String, JSONValue)] = [], into out: inout OutputBuffer) {
+        writeJSON(e, extra, &out)
+    }
+
+    private func writeJSON<Out: TextOutput>(_ e: Explanation, _ extra: [(String, JSONValue)], _ out: inout Out) {
         let p = e.packet
         // Appended piece by piece, without intermediate strings: the packet's fields are
         // validated values, nothing to escape.
@@ -390,13 +404,16 @@ public final class Report {
         if e.notes.isEmpty {
             out += "[]"
         } else {
-            JSONValue.array(e.notes.map(JSONValue.string)).write(to: &out)
+            var notes = ""
+            JSONValue.array(e.notes.map(JSONValue.string)).write(to: &notes)
+            out += notes
         }
         for (key, value) in extra {
-            out += ","
-            JSONValue.writeString(key, to: &out)
-            out += ":"
-            value.write(to: &out)
+            var member = ","
+            JSONValue.writeString(key, to: &member)
+            member += ":"
+            value.write(to: &member)
+            out += member
         }
         out += "}"
     }
@@ -456,12 +473,17 @@ public final class Report {
 
     /// `text` as a JSON string: appended whole when no byte needs an escape (a verdict's
     /// text is made of validated values), else escaped.
-    static func writeString(_ text: String, to out: inout String) {
+    static func writeString<Out: TextOutput>(_ text: String, to out: inout Out) {
         var text = text
         let plain = text.withUTF8 { bytes in
             !bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
         }
-        guard plain else { return JSONValue.writeString(text, to: &out) }
+        guard plain else {
+            var escaped = ""
+            JSONValue.writeString(text, to: &escaped)
+            out += escaped
+            return
+        }
         out += "\""
         out += text
         out += "\""

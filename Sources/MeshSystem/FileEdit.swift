@@ -104,18 +104,7 @@ public enum FileEdit {
             if fd >= 0 || errno != EEXIST { break }
         }
         guard fd >= 0 else { throw SystemCallError("create \(temporary)", errno: errno) }
-        var failure: SystemCallError?
-        var offset = 0
-        while offset < bytes.count, failure == nil {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno != EINTR { failure = SystemCallError("write \(temporary)", errno: errno) }
-            } else {
-                offset += n
-            }
-        }
-        if failure == nil, fchmod(fd, mode) != 0 { failure = SystemCallError("chmod \(temporary)", errno: errno) }
-        if failure == nil, fsync(fd) != 0 { failure = SystemCallError("fsync \(temporary)", errno: errno) }
+        let failure = Files.writeDurably(fd, bytes, mode: mode, path: temporary)
         close(fd)
         if let failure {
             unlink(temporary)

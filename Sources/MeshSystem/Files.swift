@@ -73,6 +73,23 @@ public enum Files {
     /// Replaces `path` with `bytes` atomically: a temporary file in the same directory,
     /// written, flushed to disk, renamed over `path`, and the directory flushed too. A
     /// reader sees the old file or the new one, never a part.
+    /// All of `bytes` written to `fd` (EINTR retried), then the mode set and the data synced;
+    /// the first failure, naming `path`, or nil.
+    static func writeDurably(_ fd: Int32, _ bytes: [UInt8], mode: mode_t, path: String) -> SystemCallError? {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if errno != EINTR { return SystemCallError("write \(path)", errno: errno) }
+            } else {
+                offset += n
+            }
+        }
+        if fchmod(fd, mode) != 0 { return SystemCallError("chmod \(path)", errno: errno) }
+        if fsync(fd) != 0 { return SystemCallError("fsync \(path)", errno: errno) }
+        return nil
+    }
+
     public static func replace(_ path: String, with bytes: [UInt8], mode: mode_t) throws(SystemCallError) {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { String(path[..<$0]) }.flatMap { $0.isEmpty ? "/" : $0 } ?? "."
@@ -80,18 +97,7 @@ public enum Files {
         let temporary = "\(directory)/.\(name).meshinit-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw SystemCallError("create \(temporary)", errno: errno) }
-        var failure: SystemCallError?
-        var offset = 0
-        while offset < bytes.count, failure == nil {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno != EINTR { failure = SystemCallError("write \(temporary)", errno: errno) }
-            } else {
-                offset += n
-            }
-        }
-        if failure == nil, fchmod(fd, mode) != 0 { failure = SystemCallError("chmod \(temporary)", errno: errno) }
-        if failure == nil, fsync(fd) != 0 { failure = SystemCallError("fsync \(temporary)", errno: errno) }
+        var failure = Files.writeDurably(fd, bytes, mode: mode, path: temporary)
         close(fd)
         if failure == nil, rename(temporary, path) != 0 { failure = SystemCallError("rename to \(path)", errno: errno) }
         if let failure {

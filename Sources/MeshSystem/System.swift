@@ -155,17 +155,24 @@ public struct LiveSystem: Sendable {
 /// Writes all of `text` to a file descriptor, retrying on EINTR and short writes.
 public func writeAll(_ text: String, to fd: Int32) {
     var text = text
-    text.withUTF8 { buffer in
-        guard let base = buffer.baseAddress else { return }
-        var offset = 0
-        while offset < buffer.count {
-            let n = write(fd, base + offset, buffer.count - offset)
-            if n <= 0 {
-                if n < 0 && errno == EINTR { continue }
-                return
-            }
-            offset += n
+    text.withUTF8 { writeAll($0, to: fd) }
+}
+
+/// Writes all of `bytes` to a file descriptor, retrying on EINTR and short writes.
+public func writeAll(_ bytes: [UInt8], to fd: Int32) {
+    bytes.withUnsafeBufferPointer { writeAll($0, to: fd) }
+}
+
+private func writeAll(_ buffer: UnsafeBufferPointer<UInt8>, to fd: Int32) {
+    guard let base = buffer.baseAddress else { return }
+    var offset = 0
+    while offset < buffer.count {
+        let n = write(fd, base + offset, buffer.count - offset)
+        if n <= 0 {
+            if n < 0 && errno == EINTR { continue }
+            return
         }
+        offset += n
     }
 }
 
@@ -174,3 +181,6 @@ public func writeStandardError(_ text: String) { writeAll(text, to: 2) }
 
 /// Writes to standard output, unbuffered.
 public func writeStandardOutput(_ text: String) { writeAll(text, to: 1) }
+
+/// Writes bytes to standard output, unbuffered.
+public func writeStandardOutput(_ bytes: [UInt8]) { writeAll(bytes, to: 1) }

@@ -190,8 +190,7 @@ func explain(
         walks.append(LiveWalk(backend: backend ?? defaultBackend ?? (settings.run.nativeNftables ? .nft : .iptables)))
     }
 
-    var out = ""
-    out.reserveCapacity(1 << 17)
+    var out = OutputBuffer()
     var diverging = 0
     var index = 0
     for walk in walks {
@@ -238,13 +237,13 @@ func explain(
                 out += "\n"
             }
             index += 1
-            if out.utf8.count >= 1 << 16 {
-                writeStandardOutput(out)
-                out.removeAll(keepingCapacity: true)
+            if out.count >= 1 << 16 {
+                writeStandardOutput(out.bytes)
+                out.removeAll()
             }
         }
     }
-    writeStandardOutput(out)
+    writeStandardOutput(out.bytes)
     if diverging > 0 {
         throw CommandFailure(
             status: .drift,

@@ -56,42 +56,10 @@ struct KernelTests {
         try expectNoDrift(Self.backend(ours), plan)
     }
 
-    @Test("an injected failure (jump to a missing chain, last in the batch) changes nothing and names the rule")
-    func injectedFailure() throws {
-        guard try Kernel.require() else { return }
-        let ns = try Kernel.Namespace()
-        defer { ns.delete() }
-        let backend = try Self.backend(ns)
-        let good = try Conformance.plan(Conformance.seedArgs)
-        try backend.apply(good)
-        let before = try ns.exec(["nft", "-a", "list", "ruleset"]).stdout
-
-        let tproxy = try Conformance.plan(Conformance.seedArgs + ["-m", "TPROXY"])
-        let writer = try NftBatchBuilder.applyWriter(tproxy, firstSequence: 1)
-        let bad = CompiledRule(
-            expressions: [.counter, .verdict(NftConstant.verdictJump, chain: "no-such-chain")], sets: [])
-        try writer.addRule(
-            table: "istio-proxy-nat", chain: "istio-output", compiled: bad, text: "counter jump no-such-chain")
-        let batch = writer.finish()
-        let socket = try NetfilterSocket(networkNamespace: ns.path)
-        do {
-            try socket.commit(batch)
-            Issue.record("the kernel accepted a jump to a missing chain")
-        } catch {
-            #expect(error.code == .kernel)
-            #expect(error.errno == ENOENT)
-            #expect(error.subject == "add rule inet istio-proxy-nat istio-output counter jump no-such-chain")
-            #expect(
-                error.description.hasPrefix(
-                    "add rule inet istio-proxy-nat istio-output counter jump no-such-chain: No such file or directory (ENOENT)"
-                ), "\(error)")
-        }
-        #expect(try ns.exec(["nft", "-a", "list", "ruleset"]).stdout == before)
-        try expectNoDrift(backend, good)
-    }
-
-    @Test("a refused rule in the middle of the batch (no ack asked for it) changes nothing and is named")
-    func injectedFailureInTheMiddle() throws {
+    @Test(
+        "an injected failure (jump to a missing chain) changes nothing and names the rule: last in the batch, or in the middle (no ack asked for it)",
+        arguments: [0, 3])
+    func injectedFailure(rulesAfter: Int) throws {
         guard try Kernel.require() else { return }
         let ns = try Kernel.Namespace()
         defer { ns.delete() }
@@ -108,7 +76,7 @@ struct KernelTests {
             table: "istio-proxy-nat", chain: "istio-output", compiled: bad, text: "counter jump no-such-chain")
         // Good rules after it: the last message (the only one asking for an ack) is accepted.
         let fine = CompiledRule(expressions: [.counter], sets: [])
-        for _ in 0..<3 {
+        for _ in 0..<rulesAfter {
             try writer.addRule(table: "istio-proxy-nat", chain: "istio-output", compiled: fine, text: "counter")
         }
         let batch = writer.finish()
@@ -120,6 +88,10 @@ struct KernelTests {
             #expect(error.code == .kernel)
             #expect(error.errno == ENOENT)
             #expect(error.subject == "add rule inet istio-proxy-nat istio-output counter jump no-such-chain")
+            #expect(
+                error.description.hasPrefix(
+                    "add rule inet istio-proxy-nat istio-output counter jump no-such-chain: No such file or directory (ENOENT)"
+                ), "\(error)")
         }
         #expect(try ns.exec(["nft", "-a", "list", "ruleset"]).stdout == before)
         try expectNoDrift(backend, good)

@@ -275,27 +275,34 @@ public enum ChainLayout {
     public static func materializeOperations(_ operations: [Operation]) -> [(
         table: Table, chain: Chain, operations: [Operation]
     )] {
+        // Parallel arrays, not a Dictionary keyed by TableChain: a plan has a handful of chains,
+        // and the first Hashable-keyed Dictionary of a type costs the Swift runtime a scan of
+        // every conformance record on the install path (issue 20).
         var order: [TableChain] = []
-        var contents: [TableChain: [Operation]] = [:]
+        var contents: [[Operation]] = []
         for op in operations {
             let key = TableChain(table: op.table, chain: op.chain)
-            if contents[key] == nil {
+            let slot: Int
+            if let found = order.firstIndex(of: key) {
+                slot = found
+            } else {
+                slot = order.count
                 order.append(key)
-                contents[key] = []
+                contents.append([])
             }
             switch op.placement {
             case .append:
-                contents[key]!.append(op)
+                contents[slot].append(op)
             case .insert(let position):
                 let index = position - 1
-                if index >= contents[key]!.count {
-                    contents[key]!.append(op)
+                if index >= contents[slot].count {
+                    contents[slot].append(op)
                 } else {
-                    contents[key]!.insert(op, at: max(0, index))
+                    contents[slot].insert(op, at: max(0, index))
                 }
             }
         }
-        return order.map { ($0.table, $0.chain, contents[$0]!) }
+        return zip(order, contents).map { ($0.table, $0.chain, $1) }
     }
 }
 

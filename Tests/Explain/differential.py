@@ -152,6 +152,7 @@ def agent(role):
     children = {}
     stdin = sys.stdin.fileno()
     buffered = b""
+    udp_sent = 0
     while True:
         fds = list(socks) + [stdin]
         ready, _, _ = select.select(fds, [], [], 0.02)
@@ -164,6 +165,13 @@ def agent(role):
                 while b"\n" in buffered:
                     line, buffered = buffered.split(b"\n", 1)
                     command = json.loads(line)
+                    if command["proto"] == "udp":
+                        # A source port of its own for every UDP packet of the run: with the
+                        # kernel's random one, two packets to the same destination could share
+                        # a conntrack entry, and the second would get the first one's NAT
+                        # (nat rules see a flow's first packet only), not what its rules say.
+                        command["sport"] = UDP_SOURCE_PORTS[0] + udp_sent % UDP_SOURCE_PORTS[1]
+                        udp_sent += 1
                     pid = os.fork()
                     if pid == 0:
                         os._exit(send(command))
@@ -204,6 +212,11 @@ def agent(role):
             emit({"ev": "sent", "id": children.pop(pid), "status": os.waitstatus_to_exitcode(status)})
 
 
+# Source ports of the agents' UDP packets: above the ephemeral range (32768-60999), one per
+# packet, 4,000 before a port is used again (a run sends fewer from one agent).
+UDP_SOURCE_PORTS = (61000, 4000)
+
+
 def send(c):
     """In a forked child: become the packet's owner and send it. Exit status 0: sent."""
     try:
@@ -224,8 +237,12 @@ def send(c):
         s = socket.socket(fam, socket.SOCK_STREAM if c["proto"] == "tcp" else socket.SOCK_DGRAM)
         if c.get("mark"):
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, c["mark"])
-        if c.get("src"):
-            s.bind((c["src"], 0))
+        if c.get("src") or c.get("sport"):
+            host = c.get("src") or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
+            try:
+                s.bind((host, c.get("sport", 0)))
+            except OSError:
+                s.bind((host, 0))  # that port is a listener's here: the kernel's choice, as before
         payload = b"%d" % c["id"]
         if c["proto"] == "udp":
             s.sendto(payload, (c["dst"], c["port"]))
